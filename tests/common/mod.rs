@@ -1,0 +1,6 @@
+//! Shared test helpers.
+#![allow(dead_code)]
+
+pub mod db;
+pub mod fixtures;
+pub mod kube;
