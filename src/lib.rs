@@ -1,4 +1,5 @@
 //! CloudPods: a Kubernetes operator that runs customer virtual machines on Proxmox VE.
+#![warn(missing_docs)]
 
 pub mod catalog;
 pub mod cli;
