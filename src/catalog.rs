@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::proxmox::types::{self, Vmid};
+
 /// The catalog compiled into the binary.
 const BUILTIN_YAML: &str = include_str!("../config/catalog.yaml");
 
@@ -24,8 +26,8 @@ pub const MAX_BANDWIDTH_GB: i32 = 1_000_000;
 pub const MAX_PODS_PER_TENANT: i32 = 1_000;
 /// Largest monthly price, in cents (the column is NUMERIC(10,2); this is a sanity bound).
 pub const MAX_PRICE_CENTS: i64 = 9_999_999;
-/// Smallest and largest Proxmox VMID.
-pub const VMID_RANGE: (i32, i32) = (100, 999_999_999);
+/// Smallest and largest Proxmox VMID (the range [`Vmid`] accepts).
+pub const VMID_RANGE: (i32, i32) = (Vmid::MIN as i32, Vmid::MAX as i32);
 
 /// Plans and blueprints offered to tenants.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -342,19 +344,12 @@ fn check_price(value: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// A DNS label (RFC 1123): `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 characters.
-pub fn is_dns_label(value: &str) -> bool {
-    let b = value.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
+// The grammars belong to the Proxmox layer ([`types`]), so a catalog value is checked with the
+// rule the driver will apply to it. The canonical tables are stricter than Proxmox in places
+// (lowercase, `vmbrN` bridges), and the catalog must satisfy both.
 
 fn check_dns_label(value: &str) -> Result<(), String> {
-    if is_dns_label(value) {
+    if types::is_lower_dns_label(value) {
         Ok(())
     } else {
         Err(format!(
@@ -363,36 +358,22 @@ fn check_dns_label(value: &str) -> Result<(), String> {
     }
 }
 
-/// A Proxmox storage id: `^[a-z][a-z0-9\-_.]*$`, at most 63 characters.
-pub fn is_storage_id(value: &str) -> bool {
-    let b = value.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
-        })
-}
-
 fn check_storage_id(value: &str) -> Result<(), String> {
-    if is_storage_id(value) {
+    // `cloud_pod_blueprints.storage_pool` also wants lowercase and at most 63 characters.
+    if types::is_storage_id(value)
+        && value.len() <= 63
+        && !value.bytes().any(|c| c.is_ascii_uppercase())
+    {
         Ok(())
     } else {
         Err(format!(
-            "must be a Proxmox storage id (a lowercase letter, then lowercase letters, digits, '-', '_' or '.'), got {value:?}"
+            "must be a Proxmox storage id (a lowercase letter, then lowercase letters, digits, '-', '_' or '.', ending with a letter or digit, 2 to 63 characters), got {value:?}"
         ))
     }
 }
 
-/// A Proxmox Linux bridge name: `vmbr` followed by 1 to 4 digits (`vmbr0` .. `vmbr9999`).
-pub fn is_bridge(value: &str) -> bool {
-    value
-        .strip_prefix("vmbr")
-        .is_some_and(|n| (1..=4).contains(&n.len()) && n.bytes().all(|c| c.is_ascii_digit()))
-}
-
 fn check_bridge(value: &str) -> Result<(), String> {
-    if is_bridge(value) {
+    if types::is_vmbr(value) {
         Ok(())
     } else {
         Err(format!(
@@ -784,22 +765,33 @@ blueprints:
     #[test]
     fn grammars() {
         for ok in ["a", "pve1", "a-b", &"a".repeat(63)] {
-            assert!(is_dns_label(ok), "{ok}");
+            assert!(check_dns_label(ok).is_ok(), "{ok}");
         }
         for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"a".repeat(64)] {
-            assert!(!is_dns_label(bad), "{bad}");
+            assert!(check_dns_label(bad).is_err(), "{bad}");
         }
-        for ok in ["local", "local-lvm", "ceph_pool.1"] {
-            assert!(is_storage_id(ok), "{ok}");
+        for ok in ["local", "local-lvm", "ceph_pool.1", &"a".repeat(63)] {
+            assert!(check_storage_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1a", "-a", "a b", "a/b"] {
-            assert!(!is_storage_id(bad), "{bad}");
+        // "Local" and 64 characters pass Proxmox but not cloud_pod_blueprints.storage_pool.
+        for bad in [
+            "",
+            "1a",
+            "-a",
+            "a b",
+            "a/b",
+            "a",
+            "local-",
+            "Local",
+            &"a".repeat(64),
+        ] {
+            assert!(check_storage_id(bad).is_err(), "{bad}");
         }
         for ok in ["vmbr0", "vmbr9999"] {
-            assert!(is_bridge(ok), "{ok}");
+            assert!(check_bridge(ok).is_ok(), "{ok}");
         }
-        for bad in ["vmbr", "vmbr-1", "vmbr10000", "br0", "vmbr0 "] {
-            assert!(!is_bridge(bad), "{bad}");
+        for bad in ["vmbr", "vmbr-1", "vmbr10000", "br0", "vmbr0 ", "vmbr0.100"] {
+            assert!(check_bridge(bad).is_err(), "{bad}");
         }
     }
 }

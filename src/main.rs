@@ -45,5 +45,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::BenchSsh(args) => cloudpods::bench_ssh::run(&args).await.map(drop),
     }
 }

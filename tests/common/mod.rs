@@ -4,3 +4,5 @@
 pub mod db;
 pub mod fixtures;
 pub mod kube;
+pub mod proxmox;
+pub mod ssh;
