@@ -31,6 +31,189 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Measure `qm status` throughput over one pooled SSH connection vs a connection per command.
     BenchSsh(BenchSshArgs),
+    /// Serve the mPanel REST API (/api/cloud-pods/*): validates, authenticates, checks quota, writes CRs.
+    Api(ApiArgs),
+    /// Print a signed bearer token for the API (development, sandboxes and benchmarks).
+    Token(TokenArgs),
+    /// Open-loop load test of the API: p50/p90/p99 latency and throughput at fixed request rates.
+    BenchApi(BenchApiArgs),
+}
+
+/// Arguments of `cloudpods bench-api`.
+#[derive(Args)]
+pub struct BenchApiArgs {
+    /// Base URL of the API.
+    #[arg(
+        long,
+        env = "CLOUDPODS_BENCH_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+
+    /// Bearer token (see `cloudpods token`). Never printed.
+    #[arg(long, env = "CLOUDPODS_BENCH_API_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Request rates per second, one step each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "50,200,500")]
+    pub rates: Vec<u32>,
+
+    /// Length of each step.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Scenarios: list, detail, order (order creates real pods and uses quota).
+    #[arg(long, value_delimiter = ',', default_value = "list,detail")]
+    pub scenarios: Vec<crate::bench_api::Scenario>,
+
+    /// Outstanding requests at most; beyond it a request is counted as dropped.
+    #[arg(long, default_value_t = 512)]
+    pub max_in_flight: usize,
+
+    /// Timeout of one request.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the results as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl std::fmt::Debug for BenchApiArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchApiArgs")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("rates", &self.rates)
+            .field("duration", &self.duration)
+            .field("scenarios", &self.scenarios)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Kubernetes connection settings.
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// kubeconfig file; without it the in-cluster service account (or ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace the API creates CloudPods in.
+    #[arg(long, env = "CLOUDPODS_NAMESPACE", default_value = "cloudpods")]
+    pub namespace: String,
+}
+
+/// Quota defaults for tenants without a TenantQuota (the seed's 2 / 4 / 8192 / 200).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct QuotaDefaultArgs {
+    /// Default maximum live pods per tenant.
+    #[arg(long, env = "CLOUDPODS_DEFAULT_MAX_PODS", default_value_t = 2)]
+    pub default_max_pods: i64,
+    /// Default maximum vCPU cores per tenant.
+    #[arg(long, env = "CLOUDPODS_DEFAULT_MAX_CPU_CORES", default_value_t = 4)]
+    pub default_max_cpu_cores: i64,
+    /// Default maximum memory (MiB) per tenant.
+    #[arg(long, env = "CLOUDPODS_DEFAULT_MAX_MEMORY_MB", default_value_t = 8192)]
+    pub default_max_memory_mb: i64,
+    /// Default maximum disk (GiB) per tenant.
+    #[arg(long, env = "CLOUDPODS_DEFAULT_MAX_DISK_GB", default_value_t = 200)]
+    pub default_max_disk_gb: i64,
+}
+
+impl QuotaDefaultArgs {
+    /// As quota limits.
+    pub fn limits(&self) -> crate::quota::QuotaLimits {
+        crate::quota::QuotaLimits {
+            max_pods: self.default_max_pods,
+            max_cpu_cores: self.default_max_cpu_cores,
+            max_memory_mb: self.default_max_memory_mb,
+            max_disk_gb: self.default_max_disk_gb,
+        }
+    }
+}
+
+/// How bearer tokens are verified.
+#[derive(Args, Debug, Clone)]
+pub struct JwtArgs {
+    /// The only accepted signing algorithm: HS256, RS256 or ES256 (the token's own `alg` is never trusted).
+    #[arg(long, env = "CLOUDPODS_JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
+
+    /// HS256: file holding the shared secret (at least 32 bytes); RS256/ES256: the PEM public key. Never logged.
+    #[arg(long, env = "CLOUDPODS_JWT_KEY_FILE")]
+    pub jwt_key_file: PathBuf,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "CLOUDPODS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "CLOUDPODS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock-skew allowance for `exp`/`nbf`, in seconds.
+    #[arg(long, env = "CLOUDPODS_JWT_LEEWAY_SECONDS", default_value_t = 30)]
+    pub jwt_leeway_seconds: u64,
+}
+
+/// Arguments of `cloudpods api`.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CLOUDPODS_API_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+
+    /// Database settings.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    /// Kubernetes settings.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    /// Token verification.
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
+    /// Quota defaults.
+    #[command(flatten)]
+    pub quota: QuotaDefaultArgs,
+}
+
+/// Arguments of `cloudpods token`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Signing algorithm: HS256, RS256 or ES256.
+    #[arg(long, env = "CLOUDPODS_JWT_ALGORITHM", default_value = "HS256")]
+    pub algorithm: String,
+
+    /// HS256: the shared secret file; RS256/ES256: the PEM private key.
+    #[arg(long, env = "CLOUDPODS_JWT_SIGNING_KEY_FILE")]
+    pub signing_key_file: PathBuf,
+
+    /// User id (`sub`).
+    #[arg(long, default_value = "dev-user")]
+    pub sub: String,
+
+    /// Tenant id.
+    #[arg(long)]
+    pub tenant: String,
+
+    /// Role: user or admin.
+    #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+    pub role: String,
+
+    /// Lifetime, e.g. 1h, 30m, 3600s.
+    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// `iss` claim.
+    #[arg(long, env = "CLOUDPODS_JWT_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// `aud` claim.
+    #[arg(long, env = "CLOUDPODS_JWT_AUDIENCE")]
+    pub audience: Option<String>,
 }
 
 /// Arguments of `cloudpods crdgen`.
@@ -132,7 +315,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s, m or h)")),
     };
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("duration must be positive: {s:?}"));
@@ -151,7 +335,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5d").is_err());
         assert!(parse_duration("x").is_err());
     }
 }

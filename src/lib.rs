@@ -1,11 +1,14 @@
 //! CloudPods: a Kubernetes operator that runs customer virtual machines on Proxmox VE.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod bench_api;
 pub mod bench_ssh;
 pub mod catalog;
 pub mod cli;
 pub mod crd;
 pub mod crdgen;
 pub mod proxmox;
+pub mod quota;
 pub mod store;
 pub mod telemetry;

@@ -46,5 +46,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchSsh(args) => cloudpods::bench_ssh::run(&args).await.map(drop),
+        Command::Api(args) => cloudpods::api::run(&args).await,
+        Command::BenchApi(args) => {
+            let settings = cloudpods::bench_api::BenchSettings {
+                base_url: args.url.clone(),
+                token: args.token.clone(),
+                rates: args.rates.clone(),
+                duration: args.duration,
+                scenarios: args.scenarios.clone(),
+                max_in_flight: args.max_in_flight,
+                timeout: args.timeout,
+            };
+            if args.json {
+                let reports =
+                    cloudpods::bench_api::run_with_output(settings, &mut std::io::stderr()).await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cloudpods::bench_api::to_json(&reports))?
+                );
+            } else {
+                cloudpods::bench_api::run(settings).await?;
+            }
+            Ok(())
+        }
+        Command::Token(args) => {
+            println!("{}", cloudpods::api::mint_token(&args)?);
+            Ok(())
+        }
     }
 }

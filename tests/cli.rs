@@ -32,7 +32,11 @@ async fn migrate_applies_once_then_changes_nothing() {
     let first = cloudpods(&["migrate"], Some(&url));
     assert!(first.status.success(), "{}", text(&first));
     let first = text(&first);
-    assert!(first.contains("migrations: 1 newly applied"), "{first}");
+    let all = cloudpods::store::MIGRATOR.iter().count();
+    assert!(
+        first.contains(&format!("migrations: {all} newly applied")),
+        "{first}"
+    );
     assert!(
         first.contains("plans: 4 inserted, 0 updated, 0 unchanged"),
         "{first}"
@@ -126,4 +130,79 @@ fn crdgen_writes_what_is_committed_and_check_detects_drift() {
     let drift = cloudpods(&["crdgen", "--out-dir", out_dir, "--check"], None);
     assert!(!drift.status.success());
     assert!(text(&drift).contains("cloudpods.yaml"), "{}", text(&drift));
+}
+
+#[test]
+fn token_mints_a_token_the_verifier_accepts_and_never_prints_the_secret() {
+    use cloudpods::api::auth::{AuthSettings, JwtAlgorithm, Role, Verifier};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, format!("{secret}\n")).unwrap();
+    let key = key.to_str().unwrap();
+    let out = cloudpods(
+        &[
+            "token",
+            "--signing-key-file",
+            key,
+            "--tenant",
+            "acme",
+            "--role",
+            "admin",
+            "--issuer",
+            "mpanel",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(!text(&out).contains(secret));
+    let verifier = Verifier::new(AuthSettings {
+        algorithm: JwtAlgorithm::Hs256,
+        key: secret.as_bytes().to_vec(),
+        issuer: Some("mpanel".into()),
+        audience: None,
+        leeway: std::time::Duration::from_secs(5),
+    })
+    .unwrap();
+    let caller = verifier
+        .verify(Some(&format!("Bearer {}", token.trim())))
+        .unwrap();
+    assert_eq!(
+        (caller.tenant_id.as_str(), caller.role),
+        ("acme", Role::Admin)
+    );
+
+    let bad = cloudpods(
+        &[
+            "token",
+            "--signing-key-file",
+            key,
+            "--tenant",
+            "Not A Tenant",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("tenant"), "{}", text(&bad));
+}
+
+#[test]
+fn api_refuses_a_short_secret_and_an_unknown_algorithm_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, "short-secret-xyz").unwrap();
+    let key = key.to_str().unwrap();
+    let url = Some("postgres://nobody:pw@127.0.0.1:1/none");
+    let out = cloudpods(&["api", "--jwt-key-file", key], url);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("JWT settings"), "{t}");
+    assert!(!t.contains("short-secret-xyz"), "{t}");
+    let out = cloudpods(
+        &["api", "--jwt-key-file", key, "--jwt-algorithm", "none"],
+        url,
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--jwt-algorithm"), "{}", text(&out));
 }

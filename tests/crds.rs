@@ -77,18 +77,19 @@ fn valid_cloudpod_is_accepted_and_listed_with_printer_columns() {
         "jsonpath={.spec.tenantId}",
     ]);
     assert_eq!(by_short, "acme");
-    let by_category = kubectl_ok(&[
-        "get",
-        "cloudpods.cloudpods.migrahosting.com,tenantquotas",
-        "-n",
-        &ns,
-        "-o",
-        "name",
-    ]);
+    let by_category = kubectl_ok(&["get", "cloudpods-all", "-n", &ns, "-o", "name"]);
     assert!(
         by_category.contains("cloudpod.cloudpods.migrahosting.com/web-1"),
         "{by_category}"
     );
+    // `kubectl get cloudpods` lists CloudPods only: kubectl expands a category before a
+    // plural, so the category must not be named like the plural.
+    let tq = format!("{ns}-tq");
+    let applied = apply(&ns, &tenant_quota(&tq, 1, 1, 1024, 10));
+    assert!(applied.status.success(), "{}", text(&applied));
+    let plural = kubectl_ok(&["get", "cloudpods", "-n", &ns, "-o", "name"]);
+    assert_eq!(plural.trim(), "cloudpod.cloudpods.migrahosting.com/web-1");
+    kubectl_ok(&["delete", "tenantquota", &tq]);
 }
 
 #[test]

@@ -121,6 +121,9 @@ const EXTRA_COLUMNS: &[(&str, &[&str])] = &[
             "k8s_uid",
             "k8s_namespace",
             "k8s_name",
+            "reserved_cpu_cores",
+            "reserved_memory_mb",
+            "reserved_disk_gb",
         ],
     ),
     (
@@ -135,7 +138,10 @@ const EXTRA_COLUMNS: &[(&str, &[&str])] = &[
             "result",
         ],
     ),
-    ("cloud_pod_jobs", &["pod_id", "idempotency_key"]),
+    (
+        "cloud_pod_jobs",
+        &["pod_id", "idempotency_key", "request_hash"],
+    ),
 ];
 
 async fn columns(pool: &PgPool, table: &str) -> BTreeSet<String> {
@@ -522,6 +528,22 @@ const CHECK_CASES: &[(&str, &str)] = &[
         "UPDATE cloud_pods SET node = 'pve;reboot' WHERE id = 'pod-2'",
     ),
     (
+        "cloud_pods_k8s_uid_check",
+        "UPDATE cloud_pods SET k8s_uid = NULL WHERE id = 'pod-1'",
+    ),
+    (
+        "cloud_pods_reserved_cpu_cores_check",
+        "UPDATE cloud_pods SET reserved_cpu_cores = 0 WHERE id = 'pod-2'",
+    ),
+    (
+        "cloud_pods_reserved_memory_mb_check",
+        "UPDATE cloud_pods SET reserved_memory_mb = -1 WHERE id = 'pod-2'",
+    ),
+    (
+        "cloud_pods_reserved_disk_gb_check",
+        "UPDATE cloud_pods SET reserved_disk_gb = 0 WHERE id = 'pod-2'",
+    ),
+    (
         "cloud_pods_status_check",
         "UPDATE cloud_pods SET status = 'running' WHERE id = 'pod-2'",
     ),
@@ -580,6 +602,10 @@ const CHECK_CASES: &[(&str, &str)] = &[
     (
         "cloud_pod_jobs_idempotency_key_check",
         "UPDATE cloud_pod_jobs SET idempotency_key = ''",
+    ),
+    (
+        "cloud_pod_jobs_request_hash_check",
+        "UPDATE cloud_pod_jobs SET request_hash = 'not-a-sha256'",
     ),
     (
         "cloud_pod_queue_action_check",

@@ -661,24 +661,38 @@ fn task_log(c: &Ctx, upid: &str) -> Result<Value, CmdError> {
 
 fn tasks_list(c: &Ctx, a: &opts::Parsed) -> Result<Value, CmdError> {
     let source = a.get("source").unwrap_or("archive");
-    let mut v: Vec<Value> = all_tasks(c)
+    // Newest first like PVE's task index: by start second, then process start tick, then
+    // when the log was last written (tasks of one second would otherwise come in any order).
+    let mut v: Vec<(Value, std::time::SystemTime)> = all_tasks(c)
         .into_iter()
-        .filter_map(|(n, p)| task_info(c, &n, &p))
-        .filter(|t| match source {
+        .filter_map(|(n, p)| {
+            let written = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            task_info(c, &n, &p).map(|t| (t, written))
+        })
+        .filter(|(t, _)| match source {
             "active" => t["status"] == "running",
             "archive" => t["status"] == "stopped",
             _ => true,
         })
-        .filter(|t| a.get("vmid").is_none_or(|id| t["id"] == id))
-        .filter(|t| a.get("typefilter").is_none_or(|ty| t["type"] == ty))
-        .filter(|t| !a.flag("errors", false) || t.get("exitstatus").is_some_and(|e| e != "OK"))
-        .filter(|t| {
+        .filter(|(t, _)| a.get("vmid").is_none_or(|id| t["id"] == id))
+        .filter(|(t, _)| a.get("typefilter").is_none_or(|ty| t["type"] == ty))
+        .filter(|(t, _)| !a.flag("errors", false) || t.get("exitstatus").is_some_and(|e| e != "OK"))
+        .filter(|(t, _)| {
             a.get("since")
                 .and_then(|s| s.parse::<i64>().ok())
                 .is_none_or(|s| t["starttime"].as_i64().unwrap_or(0) >= s)
         })
         .collect();
-    v.sort_by_key(|t| std::cmp::Reverse(t["starttime"].as_i64().unwrap_or(0)));
+    v.sort_by_key(|(t, written)| {
+        std::cmp::Reverse((
+            t["starttime"].as_i64().unwrap_or(0),
+            t["pstart"].as_u64().unwrap_or(0),
+            *written,
+        ))
+    });
+    let mut v: Vec<Value> = v.into_iter().map(|(t, _)| t).collect();
     if let Some(l) = a.get("limit").and_then(|l| l.parse::<usize>().ok()) {
         v.truncate(l);
     }

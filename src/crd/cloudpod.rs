@@ -16,7 +16,7 @@ use super::QuotaDetails;
     plural = "cloudpods",
     singular = "cloudpod",
     shortname = "cpod",
-    category = "cloudpods",
+    category = "cloudpods-all",
     namespaced,
     status = "CloudPodStatus",
     doc = "A CloudPod is one customer virtual machine on Proxmox VE, built from a plan (size) and a blueprint (template).",

@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(crd.spec.names.short_names, Some(vec!["cpod".to_string()]));
         assert_eq!(
             crd.spec.names.categories,
-            Some(vec!["cloudpods".to_string()])
+            Some(vec!["cloudpods-all".to_string()])
         );
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
     plural = "tenantquotas",
     singular = "tenantquota",
     shortname = "tq",
-    category = "cloudpods",
+    category = "cloudpods-all",
     status = "TenantQuotaStatus",
     doc = "A TenantQuota caps what one tenant may run: pods, vCPU cores, memory and disk. Its name is the tenant id.",
     printcolumn(name = "MaxPods", type_ = "integer", json_path = ".spec.maxPods", description = "Maximum pods"),

@@ -104,6 +104,20 @@ pub struct CommandOutput {
     pub stdout: Vec<u8>,
     /// Everything the command wrote to stderr.
     pub stderr: Vec<u8>,
+    /// True when stdout or stderr passed [`MAX_STREAM_BYTES`] and the rest was discarded.
+    pub truncated: bool,
+}
+
+/// Most bytes kept per output stream of one command; a runaway command cannot exhaust memory.
+pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
+/// Appends `data` up to [`MAX_STREAM_BYTES`], noting when anything was dropped.
+fn append_capped(buf: &mut Vec<u8>, data: &[u8], truncated: &mut bool) {
+    let room = MAX_STREAM_BYTES.saturating_sub(buf.len());
+    if data.len() > room {
+        *truncated = true;
+    }
+    buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
 impl CommandOutput {
@@ -320,6 +334,7 @@ impl SshNode {
                     exit_signal = ?out.exit_signal,
                     stdout_len = out.stdout.len(),
                     stderr_len = out.stderr.len(),
+                    truncated = out.truncated,
                     "ssh command finished"
                 ),
                 Err(e) => tracing::debug!(elapsed_ms, error = %e, "ssh command failed"),
@@ -634,8 +649,10 @@ async fn read_output(read: &mut ChannelReadHalf) -> (Result<CommandOutput, SshEr
     let mut refused = false;
     while let Some(msg) = read.wait().await {
         match msg {
-            ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-            ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+            ChannelMsg::Data { data } => append_capped(&mut out.stdout, &data, &mut out.truncated),
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                append_capped(&mut out.stderr, &data, &mut out.truncated)
+            }
             ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
             ChannelMsg::ExitSignal { signal_name, .. } => {
                 out.exit_signal = Some(signal_text(&signal_name));
@@ -788,6 +805,19 @@ fn signal_text(sig: &Sig) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn output_is_capped_per_stream() {
+        let mut buf = Vec::new();
+        let mut truncated = false;
+        append_capped(&mut buf, &vec![b'x'; MAX_STREAM_BYTES - 10], &mut truncated);
+        assert!(!truncated);
+        append_capped(&mut buf, &[b'y'; 25], &mut truncated);
+        assert!(truncated);
+        assert_eq!(buf.len(), MAX_STREAM_BYTES);
+        append_capped(&mut buf, b"more", &mut truncated);
+        assert_eq!(buf.len(), MAX_STREAM_BYTES);
+    }
+
     use super::*;
 
     #[test]

@@ -3,6 +3,7 @@
 //! The schema lives in `migrations/` (embedded with `sqlx::migrate!`). Queries are runtime
 //! queries (`sqlx::query`), so building needs no database.
 
+pub mod pods;
 mod seed;
 
 use std::str::FromStr;
@@ -39,6 +40,16 @@ pub enum StoreError {
     /// Applying the migrations failed.
     #[error("applying database migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database lacks migrations this binary needs.
+    #[error(
+        "the database schema is behind ({applied} of {known} migrations applied): run `cloudpods migrate` first"
+    )]
+    SchemaBehind {
+        /// Applied migrations.
+        applied: usize,
+        /// Migrations this binary carries.
+        known: usize,
+    },
     /// A statement failed.
     #[error("database error while trying to {context}")]
     Query {
@@ -62,13 +73,23 @@ impl StoreError {
         let source = match self {
             StoreError::Query { source, .. } | StoreError::Connect { source, .. } => source,
             StoreError::InvalidUrl(source) => source,
-            StoreError::Migrate(_) => return None,
+            StoreError::Migrate(_) | StoreError::SchemaBehind { .. } => return None,
         };
         source
             .as_database_error()
             .and_then(|e| e.code())
             .map(|c| c.into_owned())
     }
+}
+
+/// Fails unless every migration this binary knows is applied (run `cloudpods migrate`).
+pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
+    let applied = applied_migrations(pool).await?;
+    let known = MIGRATOR.iter().count();
+    if applied < known {
+        return Err(StoreError::SchemaBehind { applied, known });
+    }
+    Ok(())
 }
 
 /// Opens a connection pool (and checks it with one connection).

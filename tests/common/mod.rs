@@ -1,6 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod db;
 pub mod fixtures;
 pub mod kube;

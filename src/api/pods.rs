@@ -1,0 +1,990 @@
+//! Pod routes: order, list, detail, destroy, backup, health, scale.
+//!
+//! Writes follow one pattern: validate → (admission transaction: idempotency lookup, quota,
+//! reservation, job row) → write the CloudPod (idempotent) → 202 with the job. A replay with
+//! the same idempotency key skips the transaction and repeats only the idempotent write, so a
+//! client retrying after a timeout or a crash converges on one pod.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::{JsonBody, OptionalJsonBody, QueryMap};
+use super::model::{
+    Accepted, Health, HealthCheck, OrderRequest, PodList, PodView, Resources, ScaleRequest,
+};
+use super::{AppState, BASE, FIELD_MANAGER, JOB_ANNOTATION, TENANT_LABEL};
+use crate::crd::{Phase, PowerState};
+use crate::quota::Requested;
+use crate::store::pods::{self as store, JobRef, NewJob, NewPod, PodRef, PodRow};
+
+/// Ranges of the CRD's `spec.resources`.
+const CPU_RANGE: (i32, i32) = (1, 64);
+const MEMORY_RANGE: (i32, i32) = (512, 262_144);
+const DISK_RANGE: (i32, i32) = (5, 4096);
+/// At most this many SSH keys (as the CRD).
+const MAX_SSH_KEYS: usize = 32;
+
+// ---- validation ---------------------------------------------------------------------------
+
+/// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 bytes.
+pub fn is_dns_label(s: &str) -> bool {
+    crate::proxmox::types::is_lower_dns_label(s)
+}
+
+fn dns_label(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_dns_label(value) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters",
+        ))
+    }
+}
+
+/// Parses `:id`: digits are a VMID, anything else must be a pod id.
+pub fn pod_ref(id: &str) -> Result<PodRef, ApiError> {
+    if !id.is_empty() && id.len() <= 10 && id.bytes().all(|b| b.is_ascii_digit()) {
+        return match id.parse::<i32>() {
+            Ok(v) if (100..=999_999_999).contains(&v) => Ok(PodRef::Vmid(v)),
+            _ => Err(ApiError::invalid(
+                "id",
+                "a VMID must be from 100 to 999999999",
+            )),
+        };
+    }
+    match id.strip_prefix("pod-") {
+        Some(tail) if id.len() <= 63 && is_dns_label(tail) => Ok(PodRef::Id(id.to_string())),
+        _ => Err(ApiError::invalid(
+            "id",
+            "must be a pod id (pod-...) or a VMID",
+        )),
+    }
+}
+
+/// The idempotency key: the Idempotency-Key header, else the body's order id.
+fn idempotency_key(
+    headers: &HeaderMap,
+    order_id: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let check = |field: &str, v: &str| -> Result<(), ApiError> {
+        if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            Err(ApiError::invalid(
+                field,
+                "must be 1 to 255 visible ASCII characters",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
+            check("Idempotency-Key", v)?;
+            Some(v.to_string())
+        }
+    };
+    if let Some(o) = order_id {
+        check("orderId", o)?;
+        if header.as_deref().is_some_and(|h| h != o) {
+            return Err(ApiError::invalid(
+                "orderId",
+                "differs from the Idempotency-Key header; send one or make them equal",
+            ));
+        }
+    }
+    Ok(header.or_else(|| order_id.map(str::to_string)))
+}
+
+fn validate_order(req: &OrderRequest) -> Result<(), ApiError> {
+    dns_label("planCode", &req.plan_code)?;
+    dns_label("blueprint", &req.blueprint)?;
+    dns_label("name", &req.name)?;
+    if let Some(o) = &req.options {
+        if o.ssh_public_keys.len() > MAX_SSH_KEYS {
+            return Err(ApiError::invalid(
+                "options.sshPublicKeys",
+                format!("at most {MAX_SSH_KEYS} keys"),
+            ));
+        }
+        for (i, key) in o.ssh_public_keys.iter().enumerate() {
+            crate::proxmox::types::SshPublicKey::parse(key).map_err(|_| {
+                ApiError::invalid(
+                    format!("options.sshPublicKeys[{i}]"),
+                    "must be one OpenSSH public key line: '<type> <base64> [comment]'",
+                )
+            })?;
+        }
+        if let Some(user) = &o.user
+            && (user == "root" || crate::proxmox::types::CiUser::parse(user).is_err())
+        {
+            return Err(ApiError::invalid(
+                "options.user",
+                "must be a Linux user name (lowercase, at most 32 characters) other than root",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, v: Option<i32>, (min, max): (i32, i32)) -> Result<(), ApiError> {
+    match v {
+        Some(n) if !(min..=max).contains(&n) => Err(ApiError::invalid(
+            field,
+            format!("must be from {min} to {max}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+fn status_url(pod_id: &str) -> String {
+    format!("{BASE}/{pod_id}")
+}
+
+fn accepted(status: StatusCode, body: Accepted) -> Response {
+    let location = body.status_url.clone();
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+fn new_pod_id() -> String {
+    let ms = chrono::Utc::now().timestamp_millis();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("pod-{ms}-{}", &rand[..8])
+}
+
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<PodRow, ApiError> {
+    let r = pod_ref(id)?;
+    store::find_pod(&state.pool, &caller.tenant_id, &r)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// Another tenant's pod and a missing one answer the same.
+fn not_found() -> ApiError {
+    ApiError::NotFound("no such pod".into())
+}
+
+/// Maps a Kubernetes failure: conflicts and rejections are the client's to see, the rest is
+/// logged and answered with 503.
+pub fn kube_error(what: &str, e: kube::Error) -> ApiError {
+    match &e {
+        kube::Error::Api(s) if s.code == 409 => ApiError::Conflict {
+            code: "CONFLICT",
+            message: format!("{what}: the resource was changed concurrently; try again"),
+        },
+        kube::Error::Api(s) if s.code == 422 => ApiError::Unprocessable {
+            code: "REJECTED",
+            field: None,
+            message: format!("{what}: Kubernetes rejected the change: {}", s.message),
+        },
+        _ => ApiError::Unavailable(anyhow::Error::new(e).context(what.to_string())),
+    }
+}
+
+/// Runs one Kubernetes call with the configured timeout.
+pub async fn kube_call<T>(
+    state: &AppState,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(state.kube_timeout, call).await {
+        Ok(r) => r.map_err(|e| kube_error(what, e)),
+        Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
+            "{what}: Kubernetes did not answer in {:?}",
+            state.kube_timeout
+        ))),
+    }
+}
+
+fn is_kube_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Creates (or re-applies, identically) the CloudPod of an order.
+async fn apply_cloudpod(
+    state: &AppState,
+    row: &PodRow,
+    req: &OrderRequest,
+    job_id: i64,
+) -> Result<(), ApiError> {
+    let options = req.options.clone().unwrap_or_default();
+    let mut spec = json!({
+        "tenantId": row.tenant_id,
+        "planCode": row.plan_code,
+        "blueprint": row.blueprint_code,
+        "hostname": row.hostname,
+        "powerState": options.power_state.unwrap_or(PowerState::Running),
+    });
+    if let Some(user) = &row.user_id {
+        spec["userId"] = json!(user);
+    }
+    if !options.ssh_public_keys.is_empty() || options.user.is_some() {
+        let mut ci = json!({});
+        if let Some(u) = &options.user {
+            ci["user"] = json!(u);
+        }
+        if !options.ssh_public_keys.is_empty() {
+            ci["sshPublicKeys"] = json!(options.ssh_public_keys);
+        }
+        spec["cloudInit"] = ci;
+    }
+    let object = json!({
+        "apiVersion": format!("{}/v1alpha1", crate::crd::GROUP),
+        "kind": "CloudPod",
+        "metadata": {
+            "name": row.k8s_name,
+            "namespace": row.k8s_namespace,
+            "labels": {
+                TENANT_LABEL: row.tenant_id,
+                "app.kubernetes.io/managed-by": FIELD_MANAGER,
+            },
+            "annotations": { JOB_ANNOTATION: job_id.to_string() },
+        },
+        "spec": spec,
+    });
+    let applied = kube_call(
+        state,
+        "create the CloudPod",
+        state.pods.patch(
+            &row.k8s_name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&object),
+        ),
+    )
+    .await?;
+    if let Some(uid) = applied
+        .metadata
+        .uid
+        .as_deref()
+        .and_then(|u| uuid::Uuid::parse_str(u).ok())
+    {
+        store::set_k8s_uid(&state.pool, &row.id, uid).await?;
+    }
+    Ok(())
+}
+
+/// A merge patch of the CloudPod's spec (scale, backup request).
+async fn patch_spec(
+    state: &AppState,
+    row: &PodRow,
+    spec: serde_json::Value,
+    what: &str,
+) -> Result<(), ApiError> {
+    let patch = json!({ "spec": spec });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    match tokio::time::timeout(
+        state.kube_timeout,
+        state
+            .pods
+            .patch(&row.k8s_name, &params, &Patch::Merge(&patch)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if is_kube_not_found(&e) => Err(ApiError::Conflict {
+            code: "POD_NOT_READY",
+            message: "the pod's resource does not exist (yet); try again shortly".into(),
+        }),
+        Ok(Err(e)) => Err(kube_error(what, e)),
+        Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
+            "{what}: Kubernetes did not answer"
+        ))),
+    }
+}
+
+/// Outcome of the idempotency lookup inside an admission.
+enum Replay {
+    New,
+    Same(JobRef),
+}
+
+async fn replay_of(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    key: Option<&str>,
+    request: &str,
+    job_type: &str,
+) -> Result<Replay, ApiError> {
+    let Some(key) = key else {
+        return Ok(Replay::New);
+    };
+    match store::find_job_by_key(conn, &caller.tenant_id, key, request).await? {
+        None => Ok(Replay::New),
+        Some(job) if job.same_request && job.job_type == job_type => Ok(Replay::Same(job)),
+        Some(_) => Err(ApiError::Conflict {
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: "this idempotency key was already used for a different request".into(),
+        }),
+    }
+}
+
+// ---- handlers -----------------------------------------------------------------------------
+
+/// `POST /order`: admit, reserve, create the CloudPod, answer 202.
+pub async fn order(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<OrderRequest>,
+) -> Result<Response, ApiError> {
+    validate_order(&req)?;
+    let key = idempotency_key(&headers, req.order_id.as_deref())?;
+    let canonical = serde_json::to_string(&req).map_err(|e| ApiError::Internal(e.into()))?;
+
+    let plan = store::plan(&state.pool, &req.plan_code)
+        .await?
+        .ok_or_else(|| ApiError::Unprocessable {
+            code: "UNKNOWN_PLAN",
+            field: Some("planCode".into()),
+            message: format!("there is no plan `{}`", req.plan_code),
+        })?;
+    match store::blueprint_active(&state.pool, &req.blueprint).await? {
+        Some(true) => {}
+        found => {
+            return Err(ApiError::Unprocessable {
+                code: if found.is_none() {
+                    "UNKNOWN_BLUEPRINT"
+                } else {
+                    "BLUEPRINT_INACTIVE"
+                },
+                field: Some("blueprint".into()),
+                message: format!("blueprint `{}` cannot be ordered", req.blueprint),
+            });
+        }
+    }
+
+    let mut admission = state.quotas.begin_admission(&caller.tenant_id).await?;
+    if let Replay::Same(job) = replay_of(
+        admission.conn(),
+        &caller,
+        key.as_deref(),
+        &canonical,
+        "provision",
+    )
+    .await?
+    {
+        drop(admission);
+        let pod_id = job.pod_id.clone().ok_or_else(not_found)?;
+        let row = store::find_pod(&state.pool, &caller.tenant_id, &PodRef::Id(pod_id))
+            .await?
+            .ok_or_else(not_found)?;
+        // The first attempt may have died before the CloudPod was written.
+        if row.k8s_uid.is_none() && row.status == "pending" {
+            apply_cloudpod(&state, &row, &req, job.id).await?;
+        }
+        return Ok(accepted(
+            StatusCode::ACCEPTED,
+            Accepted {
+                status_url: status_url(&row.id),
+                pod_id: row.id,
+                job_id: Some(job.id),
+                status: row.status,
+                replayed: true,
+                backup_request: None,
+                resources: None,
+            },
+        ));
+    }
+    if !plan.is_active {
+        return Err(ApiError::Unprocessable {
+            code: "PLAN_INACTIVE",
+            field: Some("planCode".into()),
+            message: format!("plan `{}` can no longer be ordered", plan.code),
+        });
+    }
+
+    let requested = Requested {
+        pods: 1,
+        cpu_cores: plan.vcpu.into(),
+        memory_mb: plan.ram_mb.into(),
+        disk_gb: plan.storage_gb.into(),
+    };
+    let check = admission.check(&requested).await?;
+    if !check.allowed {
+        return Err(ApiError::QuotaExceeded {
+            message: check
+                .message
+                .unwrap_or_else(|| "Quota exceeded".to_string()),
+            details: Box::new(check.details),
+        });
+    }
+    if let Some(cap) = plan.max_pods_per_tenant {
+        let on_plan =
+            store::count_live_on_plan(admission.conn(), &caller.tenant_id, &plan.code).await?;
+        if on_plan >= i64::from(cap) {
+            let mut details = check.details;
+            details.error_field = Some("pods".into());
+            details.error_code = Some("PLAN_POD_LIMIT_EXCEEDED".into());
+            return Err(ApiError::QuotaExceeded {
+                message: format!(
+                    "Quota exceeded: plan `{}` allows {cap} pods per tenant",
+                    plan.code
+                ),
+                details: Box::new(details),
+            });
+        }
+    }
+
+    let pod_id = new_pod_id();
+    let new = NewPod {
+        id: pod_id.clone(),
+        tenant_id: caller.tenant_id.clone(),
+        user_id: Some(caller.user_id.clone()),
+        plan_code: plan.code.clone(),
+        blueprint_code: req.blueprint.clone(),
+        hostname: Some(req.name.clone()),
+        cpu_cores: plan.vcpu,
+        memory_mb: plan.ram_mb,
+        disk_gb: plan.storage_gb,
+        k8s_namespace: state.namespace.clone(),
+        k8s_name: pod_id.clone(),
+    };
+    store::insert_pending_pod(admission.conn(), &new).await?;
+    let job_id = store::insert_job(
+        admission.conn(),
+        &NewJob {
+            tenant_id: &caller.tenant_id,
+            user_id: Some(&caller.user_id),
+            pod_id: &pod_id,
+            job_type: "provision",
+            idempotency_key: key.as_deref(),
+            request: &canonical,
+        },
+    )
+    .await?;
+    admission.commit().await?;
+    tracing::info!(tenant_id = %caller.tenant_id, pod_id = %pod_id, job_id, plan = %plan.code, action = "order", "pod admitted");
+
+    let row = store::find_pod(&state.pool, &caller.tenant_id, &PodRef::Id(pod_id.clone()))
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("reserved pod {pod_id} vanished")))?;
+    if let Err(e) = apply_cloudpod(&state, &row, &req, job_id).await {
+        // Give the reservation back so a failed order does not hold quota; a retry with the
+        // same key finds the job and re-applies. The controller re-admits a CloudPod whose
+        // row was released if the write did land after all.
+        if key.is_none()
+            && let Err(release) = store::release_unprovisioned(&state.pool, &pod_id).await
+        {
+            tracing::error!(pod_id = %pod_id, error = %release, "could not release a failed order's reservation");
+        }
+        return Err(e);
+    }
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        Accepted {
+            status_url: status_url(&pod_id),
+            pod_id,
+            job_id: Some(job_id),
+            status: Phase::Pending.as_db_status().to_string(),
+            replayed: false,
+            backup_request: None,
+            resources: None,
+        },
+    ))
+}
+
+/// `GET /`: the caller's pods, newest first, paginated.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: QueryMap,
+) -> Result<Json<PodList>, ApiError> {
+    query.only(&["page", "pageSize", "status", "includeDeleted"])?;
+    let page = query.int("page", 1, 1, 100_000)?;
+    let page_size = query.int("pageSize", 20, 1, 100)?;
+    let include_deleted = query.bool("includeDeleted", false)?;
+    let status = query.str("status");
+    if let Some(s) = status
+        && Phase::from_db_status(s).is_none()
+    {
+        return Err(ApiError::invalid(
+            "status",
+            "must be one of pending, provisioning, active, error, deleting, deleted",
+        ));
+    }
+    let (rows, total) = store::list_pods(
+        &state.pool,
+        &caller.tenant_id,
+        status,
+        include_deleted || status == Some("deleted"),
+        page_size,
+        (page - 1) * page_size,
+    )
+    .await?;
+    Ok(Json(PodList {
+        items: rows.iter().map(PodView::from).collect(),
+        page,
+        page_size,
+        total,
+    }))
+}
+
+/// `GET /{id}`: one pod of the caller's tenant.
+pub async fn detail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<PodView>, ApiError> {
+    let row = find(&state, &caller, &id).await?;
+    Ok(Json(PodView::from(&row)))
+}
+
+/// `POST /{id}/destroy`: delete the CloudPod (the controller destroys the VM, then releases
+/// the quota and marks the row deleted).
+pub async fn destroy(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    OptionalJsonBody(_): OptionalJsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers, None)?;
+    let row = find(&state, &caller, &id).await?;
+    let canonical = format!("destroy {}", row.id);
+    if row.status == "deleted" {
+        let job = store::latest_job(&state.pool, &row.id, "destroy").await?;
+        return Ok(accepted(
+            StatusCode::ACCEPTED,
+            Accepted {
+                status_url: status_url(&row.id),
+                pod_id: row.id,
+                job_id: job.map(|j| j.0),
+                status: row.status,
+                replayed: true,
+                backup_request: None,
+                resources: None,
+            },
+        ));
+    }
+    let (job_id, replayed) =
+        record_job(&state, &caller, &row, key.as_deref(), &canonical, "destroy").await?;
+    let deleted = tokio::time::timeout(
+        state.kube_timeout,
+        state.pods.delete(&row.k8s_name, &DeleteParams::default()),
+    )
+    .await;
+    let status = match deleted {
+        Ok(Ok(_)) => "deleting",
+        Ok(Err(e)) if is_kube_not_found(&e) => {
+            // Never created (an order that died half-way): release the reservation here.
+            if store::release_unprovisioned(&state.pool, &row.id).await? {
+                "deleted"
+            } else {
+                "deleting"
+            }
+        }
+        Ok(Err(e)) => return Err(kube_error("delete the CloudPod", e)),
+        Err(_) => {
+            return Err(ApiError::Unavailable(anyhow::anyhow!(
+                "delete the CloudPod: Kubernetes did not answer"
+            )));
+        }
+    };
+    tracing::info!(tenant_id = %caller.tenant_id, pod_id = %row.id, vmid = ?row.vmid, job_id, action = "destroy", "destroy requested");
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        Accepted {
+            status_url: status_url(&row.id),
+            pod_id: row.id,
+            job_id: Some(job_id),
+            status: status.to_string(),
+            replayed,
+            backup_request: None,
+            resources: None,
+        },
+    ))
+}
+
+/// Records a job for an action on an existing pod, or finds the one a replayed request made.
+async fn record_job(
+    state: &AppState,
+    caller: &Caller,
+    row: &PodRow,
+    key: Option<&str>,
+    canonical: &str,
+    job_type: &str,
+) -> Result<(i64, bool), ApiError> {
+    let mut admission = state.quotas.begin_admission(&caller.tenant_id).await?;
+    if let Replay::Same(job) = replay_of(admission.conn(), caller, key, canonical, job_type).await?
+    {
+        return Ok((job.id, true));
+    }
+    let job_id = store::insert_job(
+        admission.conn(),
+        &NewJob {
+            tenant_id: &caller.tenant_id,
+            user_id: Some(&caller.user_id),
+            pod_id: &row.id,
+            job_type,
+            idempotency_key: key,
+            request: canonical,
+        },
+    )
+    .await?;
+    admission.commit().await?;
+    Ok((job_id, false))
+}
+
+/// `POST /{id}/backup`: set a new declarative backup request on the CloudPod.
+pub async fn backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    OptionalJsonBody(_): OptionalJsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers, None)?;
+    let row = find(&state, &caller, &id).await?;
+    if row.status != "active" {
+        return Err(ApiError::Conflict {
+            code: "POD_NOT_ACTIVE",
+            message: format!("a backup needs an active pod; this one is {}", row.status),
+        });
+    }
+    let canonical = format!("backup {}", row.id);
+    let (job_id, replayed) =
+        record_job(&state, &caller, &row, key.as_deref(), &canonical, "backup").await?;
+    let token = format!("api-job-{job_id}");
+    patch_spec(
+        &state,
+        &row,
+        json!({ "backupRequest": token }),
+        "request a backup",
+    )
+    .await?;
+    tracing::info!(tenant_id = %caller.tenant_id, pod_id = %row.id, vmid = ?row.vmid, job_id, action = "backup", "backup requested");
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        Accepted {
+            status_url: status_url(&row.id),
+            pod_id: row.id,
+            job_id: Some(job_id),
+            status: row.status,
+            replayed,
+            backup_request: Some(token),
+            resources: None,
+        },
+    ))
+}
+
+/// `POST /{id}/scale`: quota-check the growth, reserve it, and change the CloudPod's size.
+pub async fn scale(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ScaleRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers, None)?;
+    let pod = pod_ref(&id)?;
+    if req.cpu_cores.is_none() && req.memory_mb.is_none() && req.disk_gb.is_none() {
+        return Err(ApiError::invalid(
+            "body",
+            "give at least one of cpuCores, memoryMb, diskGb",
+        ));
+    }
+    check_range("cpuCores", req.cpu_cores, CPU_RANGE)?;
+    check_range("memoryMb", req.memory_mb, MEMORY_RANGE)?;
+    check_range("diskGb", req.disk_gb, DISK_RANGE)?;
+
+    let mut admission = state.quotas.begin_admission(&caller.tenant_id).await?;
+    let row = store::find_pod_on(admission.conn(), &caller.tenant_id, &pod, true)
+        .await?
+        .ok_or_else(not_found)?;
+    if matches!(row.status.as_str(), "deleting" | "deleted") {
+        return Err(ApiError::Conflict {
+            code: "POD_DELETING",
+            message: "the pod is being deleted".into(),
+        });
+    }
+    if row.k8s_uid.is_none() {
+        // Its order has not written the CloudPod yet; reserving now could never be applied.
+        return Err(ApiError::Conflict {
+            code: "POD_NOT_READY",
+            message: "the pod's resource does not exist (yet); try again shortly".into(),
+        });
+    }
+    let target = Resources {
+        cpu_cores: req
+            .cpu_cores
+            .unwrap_or(row.reserved_cpu_cores.unwrap_or(row.cpu_cores)),
+        memory_mb: req
+            .memory_mb
+            .unwrap_or(row.reserved_memory_mb.unwrap_or(row.memory_mb)),
+        disk_gb: req
+            .disk_gb
+            .unwrap_or(row.reserved_disk_gb.unwrap_or(row.disk_gb)),
+    };
+    let canonical = format!(
+        "scale {} {} {} {}",
+        row.id, target.cpu_cores, target.memory_mb, target.disk_gb
+    );
+    let replay = replay_of(
+        admission.conn(),
+        &caller,
+        key.as_deref(),
+        &canonical,
+        "scale",
+    )
+    .await?;
+    let (job_id, replayed) = match replay {
+        Replay::Same(job) => {
+            drop(admission);
+            (Some(job.id), true)
+        }
+        Replay::New => {
+            let current_disk = row.reserved_disk_gb.unwrap_or(row.disk_gb).max(row.disk_gb);
+            if target.disk_gb < current_disk {
+                return Err(ApiError::Unprocessable {
+                    code: "DISK_SHRINK",
+                    field: Some("diskGb".into()),
+                    message: format!(
+                        "disks can only grow: the pod has {current_disk} GB, {} GB asked",
+                        target.disk_gb
+                    ),
+                });
+            }
+            let held = |eff: i32, res: Option<i32>| i64::from(eff.max(res.unwrap_or(eff)));
+            let requested = Requested {
+                pods: 0,
+                cpu_cores: i64::from(target.cpu_cores)
+                    - held(row.cpu_cores, row.reserved_cpu_cores),
+                memory_mb: i64::from(target.memory_mb)
+                    - held(row.memory_mb, row.reserved_memory_mb),
+                disk_gb: i64::from(target.disk_gb) - held(row.disk_gb, row.reserved_disk_gb),
+            };
+            let unchanged = target.cpu_cores == row.reserved_cpu_cores.unwrap_or(row.cpu_cores)
+                && target.memory_mb == row.reserved_memory_mb.unwrap_or(row.memory_mb)
+                && target.disk_gb == row.reserved_disk_gb.unwrap_or(row.disk_gb);
+            if unchanged {
+                drop(admission);
+                return Ok(accepted(
+                    StatusCode::OK,
+                    Accepted {
+                        status_url: status_url(&row.id),
+                        pod_id: row.id,
+                        job_id: None,
+                        status: row.status,
+                        replayed: false,
+                        backup_request: None,
+                        resources: Some(target),
+                    },
+                ));
+            }
+            let check = admission.check(&requested).await?;
+            if !check.allowed {
+                return Err(ApiError::QuotaExceeded {
+                    message: check
+                        .message
+                        .unwrap_or_else(|| "Quota exceeded".to_string()),
+                    details: Box::new(check.details),
+                });
+            }
+            store::reserve_resources(
+                admission.conn(),
+                &row.id,
+                target.cpu_cores,
+                target.memory_mb,
+                target.disk_gb,
+            )
+            .await?;
+            let job_id = store::insert_job(
+                admission.conn(),
+                &NewJob {
+                    tenant_id: &caller.tenant_id,
+                    user_id: Some(&caller.user_id),
+                    pod_id: &row.id,
+                    job_type: "scale",
+                    idempotency_key: key.as_deref(),
+                    request: &canonical,
+                },
+            )
+            .await?;
+            admission.commit().await?;
+            (Some(job_id), false)
+        }
+    };
+    patch_spec(
+        &state,
+        &row,
+        json!({ "resources": {
+            "cpuCores": target.cpu_cores,
+            "memoryMb": target.memory_mb,
+            "diskGb": target.disk_gb,
+        }}),
+        "scale the CloudPod",
+    )
+    .await?;
+    tracing::info!(tenant_id = %caller.tenant_id, pod_id = %row.id, vmid = ?row.vmid, job_id = ?job_id, action = "scale", "scale requested");
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        Accepted {
+            status_url: status_url(&row.id),
+            pod_id: row.id,
+            job_id,
+            status: row.status,
+            replayed,
+            backup_request: None,
+            resources: Some(target),
+        },
+    ))
+}
+
+/// `GET /{id}/health`: the record plus what the controller reports on the CloudPod.
+pub async fn health(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Health>, ApiError> {
+    let row = find(&state, &caller, &id).await?;
+    let cr = if row.deleted_at.is_some() {
+        None
+    } else {
+        match tokio::time::timeout(state.kube_timeout, state.pods.get_opt(&row.k8s_name)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(pod_id = %row.id, error = %e, "health: cannot read the CloudPod");
+                None
+            }
+            Err(_) => None,
+        }
+    };
+    Ok(Json(health_of(&row, cr.as_ref())))
+}
+
+/// The pure part of the health answer.
+pub fn health_of(row: &PodRow, cr: Option<&crate::crd::CloudPod>) -> Health {
+    let check = |name: &str, ok: Option<bool>, message: String| HealthCheck {
+        name: name.to_string(),
+        status: match ok {
+            Some(true) => "pass",
+            Some(false) => "fail",
+            None => "unknown",
+        }
+        .to_string(),
+        message,
+    };
+    let status = cr.and_then(|c| c.status.as_ref());
+    let conditions = status.map(|s| s.conditions.clone()).unwrap_or_default();
+    let ready = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status == "True", c.message.clone()));
+    let reconciled =
+        cr.map(|c| status.and_then(|s| s.observed_generation) == c.metadata.generation);
+    let checks = vec![
+        check(
+            "record",
+            Some(row.status == "active"),
+            format!("status is {}", row.status),
+        ),
+        check(
+            "ready",
+            ready.as_ref().map(|r| r.0),
+            ready
+                .as_ref()
+                .map(|r| r.1.clone())
+                .unwrap_or_else(|| "the controller has not reported readiness".into()),
+        ),
+        check(
+            "network",
+            Some(row.ip_address.is_some()),
+            row.ip_address
+                .as_ref()
+                .map(|ip| format!("address {ip}"))
+                .unwrap_or_else(|| "no address reported yet".into()),
+        ),
+        check(
+            "reconciled",
+            reconciled,
+            match reconciled {
+                Some(true) => "the controller has seen the latest spec".into(),
+                Some(false) => "a change is still being applied".into(),
+                None => "the resource could not be read".into(),
+            },
+        ),
+    ];
+    Health {
+        pod_id: row.id.clone(),
+        vmid: row.vmid,
+        status: row.status.clone(),
+        healthy: checks.iter().all(|c| c.status == "pass"),
+        checks,
+        ip_address: row.ip_address.clone(),
+        last_error: status.and_then(|s| s.last_error.clone()),
+        conditions,
+        checked_at: chrono::Utc::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_refs() {
+        assert_eq!(pod_ref("123").unwrap(), PodRef::Vmid(123));
+        assert_eq!(
+            pod_ref("pod-1764399306066").unwrap(),
+            PodRef::Id("pod-1764399306066".into())
+        );
+        for bad in [
+            "",
+            "99",
+            "1000000000",
+            "99999999999",
+            "pod-",
+            "pod-A",
+            "x",
+            "pod-a;b",
+            "pod-a/../b",
+        ] {
+            assert!(pod_ref(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn idempotency_key_sources() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h, None).unwrap(), None);
+        assert_eq!(
+            idempotency_key(&h, Some("o-1")).unwrap().as_deref(),
+            Some("o-1")
+        );
+        h.insert("idempotency-key", "k-1".parse().unwrap());
+        assert_eq!(idempotency_key(&h, None).unwrap().as_deref(), Some("k-1"));
+        assert_eq!(
+            idempotency_key(&h, Some("k-1")).unwrap().as_deref(),
+            Some("k-1")
+        );
+        assert!(idempotency_key(&h, Some("other")).is_err());
+        h.insert("idempotency-key", "has space".parse().unwrap());
+        assert!(idempotency_key(&h, None).is_err());
+    }
+
+    #[test]
+    fn new_pod_ids_are_valid_and_distinct() {
+        let a = new_pod_id();
+        let b = new_pod_id();
+        assert_ne!(a, b);
+        assert!(matches!(pod_ref(&a), Ok(PodRef::Id(_))), "{a}");
+    }
+}
