@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cli;
 pub mod crd;
 pub mod crdgen;
+pub mod metrics;
 pub mod proxmox;
 pub mod quota;
 pub mod store;

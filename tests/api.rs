@@ -758,3 +758,52 @@ async fn a_failing_database_is_a_503_without_detail() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_errors_and_auth_failures() {
+    let api = TestApi::start().await;
+    let t = tenant("metrics");
+    api.call("GET", "/plans", None, None).await;
+    api.call("GET", "/plans", None, None).await;
+    api.call("GET", "/my-quota", None, None).await;
+    api.call("GET", "/my-quota", Some("garbage"), None).await;
+    api.call("GET", "/pod-x", Some(&api.user(&t)), None).await;
+    let a = api.raw("GET", "//metrics", None, None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    // The body is not JSON; fetch it as text through the same client.
+    let text = get_text(&api, "/metrics").await;
+    for line in [
+        "cloudpods_api_requests_total{method=\"GET\",route=\"/api/cloud-pods/plans\",status=\"200\"} 2",
+        "cloudpods_api_requests_total{method=\"GET\",route=\"/api/cloud-pods/my-quota\",status=\"401\"} 2",
+        "cloudpods_api_requests_total{method=\"GET\",route=\"/api/cloud-pods/{id}\",status=\"404\"} 1",
+        "cloudpods_api_errors_total{code=\"UNAUTHORIZED\"} 2",
+        "cloudpods_api_auth_failures_total{reason=\"missing_token\"} 1",
+        "cloudpods_api_request_duration_seconds_count{method=\"GET\",route=\"/api/cloud-pods/plans\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line} in:\n{text}"
+        );
+    }
+    // No tenant, pod id or token ever becomes a label.
+    assert!(!text.contains(&t));
+    assert!(!text.contains("pod-x"));
+}
+
+async fn get_text(api: &TestApi, path: &str) -> String {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let resp = client
+        .get(format!("{}{path}", api.base).parse().unwrap())
+        .await
+        .unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}

@@ -206,3 +206,135 @@ fn api_refuses_a_short_secret_and_an_unknown_algorithm_without_echoing_them() {
     assert!(!out.status.success());
     assert!(text(&out).contains("--jwt-algorithm"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn api_serves_logs_without_secrets_and_stops_cleanly_on_sigterm() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    let (_pool, db) = common::db::migrated_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, &secret).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("api.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpods"))
+        .args([
+            "--log-format",
+            "json",
+            "api",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--jwt-key-file",
+            key.to_str().unwrap(),
+            "--namespace",
+            "cli-api",
+        ])
+        .env("DATABASE_URL", db.url())
+        .env("KUBECONFIG", common::kube::kubeconfig())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("api.err")).unwrap())
+        .spawn()
+        .unwrap();
+
+    let get = |path: &str, token: Option<&str>| -> Option<String> {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get("/readyz", None).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(child.try_wait().unwrap().is_none(), "api exited early");
+        assert!(Instant::now() < deadline, "api not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = cloudpods::api::auth::Minter::new(
+        cloudpods::api::auth::JwtAlgorithm::Hs256,
+        secret.as_bytes(),
+    )
+    .unwrap()
+    .mint(&cloudpods::api::auth::MintClaims {
+        sub: "u-1".into(),
+        tenant_id: "logcheck".into(),
+        role: cloudpods::api::auth::Role::User,
+        ttl: Duration::from_secs(60),
+        issuer: None,
+        audience: None,
+    })
+    .unwrap();
+    let r = get("/api/cloud-pods/my-quota", Some(&token)).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = get("/api/cloud-pods/my-quota", Some("forged.token.value")).unwrap();
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+
+    // SIGTERM to the process this test started: it finishes and exits 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "api did not stop within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+
+    let logs = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(dir.path().join("api.err")).unwrap();
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.to_string().contains("\"access\""))
+        .collect();
+    assert!(
+        access.iter().any(|v| v.to_string().contains("logcheck")
+            && v.to_string().contains("/api/cloud-pods/my-quota")),
+        "no access line with tenant and route:\n{logs}"
+    );
+    assert!(
+        access.iter().any(|v| v.to_string().contains("malformed")),
+        "{logs}"
+    );
+    for secret_text in [
+        token.as_str(),
+        secret.as_str(),
+        "forged.token.value",
+        db.url().as_str(),
+    ] {
+        assert!(
+            !logs.contains(secret_text),
+            "a secret reached the logs:\n{logs}"
+        );
+    }
+    assert!(logs.contains("shutdown requested"), "{logs}");
+}

@@ -170,11 +170,16 @@ impl From<crate::store::StoreError> for ApiError {
 #[derive(Clone)]
 pub struct ErrorCause(pub std::sync::Arc<String>);
 
+/// The error code of a failed response, for the metrics.
+#[derive(Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = super::extract::stamp(self.body());
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code()));
         if matches!(self, ApiError::Unavailable(_) | ApiError::Internal(_)) {
             // The chain goes to the log (by the middleware), never to the client.
             let cause = match &self {

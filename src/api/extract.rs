@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ErrorCause};
+use super::error::{ApiError, ErrorCause, ErrorCode};
 use super::{AppState, MAX_BODY_BYTES};
 
 /// What the middleware and the handlers of one request share.
@@ -60,7 +60,7 @@ fn request_id(req: &Request) -> String {
 
 /// Middleware: request id (header, task-local, span), error bodies stamped with it, and one
 /// access-log line per request (route pattern, status, tenant, latency; never the token).
-pub async fn request_scope(req: Request, next: Next) -> Response {
+pub async fn request_scope(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let scope = Arc::new(RequestScope {
         id: request_id(&req),
@@ -81,6 +81,17 @@ pub async fn request_scope(req: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", v);
     }
     let status = response.status();
+    let elapsed = started.elapsed();
+    let m = &state.metrics;
+    m.requests.inc(&[method.as_str(), &route, status.as_str()]);
+    m.duration
+        .observe(&[method.as_str(), &route], elapsed.as_secs_f64());
+    if let Some(code) = response.extensions().get::<ErrorCode>() {
+        m.errors.inc(&[code.0]);
+    }
+    if let Some(reason) = scope.auth_failure.get() {
+        m.auth_failures.inc(&[reason]);
+    }
     let _enter = span.enter();
     if let Some(cause) = response.extensions().get::<ErrorCause>() {
         tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed");
@@ -89,7 +100,7 @@ pub async fn request_scope(req: Request, next: Next) -> Response {
         status = status.as_u16(),
         tenant = scope.tenant.get().map(String::as_str).unwrap_or("-"),
         auth_failure = scope.auth_failure.get().copied().unwrap_or("-"),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
         "access"
     );
     response
@@ -348,6 +359,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.registry.render(),
+    )
+        .into_response()
 }
 
 /// Fallback: unknown path.

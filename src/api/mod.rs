@@ -60,6 +60,60 @@ pub struct Inner {
     pub namespace: String,
     /// Timeout of one Kubernetes call.
     pub kube_timeout: Duration,
+    /// Prometheus metrics, served at `/metrics`.
+    pub metrics: ApiMetrics,
+}
+
+/// The API's metrics.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    /// Where they render from.
+    pub registry: crate::metrics::Registry,
+    /// Requests by method, route pattern and status.
+    pub requests: crate::metrics::CounterVec,
+    /// Latency by method and route pattern.
+    pub duration: crate::metrics::HistogramVec,
+    /// Failed requests by error code (QUOTA_EXCEEDED, UNAUTHORIZED, ...).
+    pub errors: crate::metrics::CounterVec,
+    /// Authentication failures by reason (expired, bad_signature, ...).
+    pub auth_failures: crate::metrics::CounterVec,
+}
+
+impl ApiMetrics {
+    /// Registers the API's metric families.
+    pub fn new() -> Self {
+        let registry = crate::metrics::Registry::default();
+        ApiMetrics {
+            requests: registry.counter(
+                "cloudpods_api_requests_total",
+                "API requests by method, route pattern and status.",
+                &["method", "route", "status"],
+            ),
+            duration: registry.histogram(
+                "cloudpods_api_request_duration_seconds",
+                "API request latency by method and route pattern.",
+                &["method", "route"],
+                crate::metrics::LATENCY_BUCKETS,
+            ),
+            errors: registry.counter(
+                "cloudpods_api_errors_total",
+                "Failed API requests by error code.",
+                &["code"],
+            ),
+            auth_failures: registry.counter(
+                "cloudpods_api_auth_failures_total",
+                "Rejected bearer tokens by reason.",
+                &["reason"],
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl AppState {
@@ -79,6 +133,7 @@ impl AppState {
             verifier,
             namespace,
             kube_timeout: Duration::from_secs(10),
+            metrics: ApiMetrics::new(),
         }))
     }
 }
@@ -255,10 +310,14 @@ pub fn router(state: AppState) -> Router {
     }
     api.route("/healthz", get(extract::healthz))
         .route("/readyz", get(extract::readyz))
+        .route("/metrics", get(extract::metrics))
         .fallback(extract::no_route)
         .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(extract::request_scope))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::request_scope,
+        ))
         .with_state(state)
 }
 
