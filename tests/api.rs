@@ -807,3 +807,25 @@ async fn get_text(api: &TestApi, path: &str) -> String {
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_passes_an_independent_validator() {
+    let validator = std::env::var("CLOUDPODS_OPENAPI_VALIDATOR").unwrap_or_else(|_| {
+        panic!("CLOUDPODS_OPENAPI_VALIDATOR is not set: run the tests through scripts/test (it installs openapi-spec-validator)")
+    });
+    let api = TestApi::start().await;
+    let doc = openapi(&api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new(&validator)
+        .arg(&path)
+        .output()
+        .expect("run openapi-spec-validator");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
