@@ -163,10 +163,18 @@ pub async fn run(args: &BenchSshArgs) -> anyhow::Result<Vec<BenchResult>> {
         args.known_hosts.clone(),
     );
     settings.max_sessions = args.max_sessions;
+    if args.bare {
+        settings.remote_kill_grace = None;
+    }
     let vmid = Vmid::new(args.vmid)?;
     println!(
-        "qm status {vmid} on {}@{}:{} for {:?} per run (pooled: one connection, at most {} channels)",
-        args.user, args.host, args.port, args.duration, args.max_sessions
+        "qm status {vmid} on {}@{}:{} for {:?} per run (pooled: one connection, at most {} channels; remote deadline {})",
+        args.user,
+        args.host,
+        args.port,
+        args.duration,
+        args.max_sessions,
+        if args.bare { "off" } else { "on" }
     );
     let mut results = Vec::new();
     for mode in [Mode::Pooled, Mode::PerCommand] {

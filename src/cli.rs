@@ -299,6 +299,10 @@ pub struct BenchSshArgs {
     /// Channels open at once on the pooled connection (sshd `MaxSessions`).
     #[arg(long, env = "CLOUDPODS_BENCH_MAX_SESSIONS", default_value_t = 10)]
     pub max_sessions: usize,
+
+    /// Send commands bare, without the remote `timeout` deadline wrapper (to measure its cost).
+    #[arg(long, env = "CLOUDPODS_BENCH_BARE")]
+    pub bare: bool,
 }
 
 /// Parses `5s`, `500ms`, `2m` or a bare number of seconds.

@@ -314,11 +314,15 @@ async fn timeout_returns_quickly_and_the_node_stays_usable() {
 
 #[tokio::test]
 async fn after_ten_timeouts_the_next_command_waits_for_a_free_session() {
-    // Ten commands time out while their remote processes keep running for 2 s. sshd still
-    // counts those sessions, so the next channel must wait (retrying the refused open)
-    // instead of failing with "open failed" (MaxSessions 10).
+    // Ten commands time out while their remote processes keep running for 2 s (sent bare,
+    // without the remote deadline). sshd still counts those sessions, so the next channel
+    // must wait (retrying the refused open) instead of failing with "open failed"
+    // (MaxSessions 10).
     let sshd = PrivateSshd::start(&["pve1"]);
-    let node = Arc::new(SshNode::new(sshd.settings("pve1")));
+    let node = Arc::new(SshNode::new(SshSettings {
+        remote_kill_grace: None,
+        ..sshd.settings("pve1")
+    }));
     node.exec("true", None, T).await.expect("warm up");
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -337,6 +341,70 @@ async fn after_ten_timeouts_the_next_command_waits_for_a_free_session() {
         .expect("the 11th command waits for a slot");
     assert_eq!(out.stdout, b"next\n");
     assert_eq!(sshd.accepted_logins(&sshd.user("pve1")), 1);
+}
+
+/// Whether a process exists (the test sshd runs on this machine).
+fn alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+#[tokio::test]
+async fn a_timed_out_command_dies_on_the_node_even_when_it_ignores_sigterm() {
+    let sshd = PrivateSshd::start(&["pve1"]);
+    let node = SshNode::new(SshSettings {
+        remote_kill_grace: Some(Duration::from_secs(1)),
+        ..sshd.settings("pve1")
+    });
+    node.exec("true", None, T).await.expect("warm up");
+    let dir = sshd.dir().join("nodes/pve1");
+    let polite = dir.join("polite.pid");
+    let stubborn = dir.join("stubborn.pid");
+    for (pidfile, script, limit) in [
+        (
+            &polite,
+            format!("echo $$ > {}; exec sleep 30", polite.display()),
+            Duration::from_millis(300),
+        ),
+        (
+            &stubborn,
+            format!(
+                "trap '' TERM; sleep 30 & echo $! > {}; wait",
+                stubborn.display()
+            ),
+            Duration::from_millis(300),
+        ),
+    ] {
+        let started = Instant::now();
+        let err = node
+            .exec(&script, None, limit)
+            .await
+            .expect_err("must time out");
+        assert!(
+            matches!(err, SshError::Timeout { after } if after == limit),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid = std::fs::read_to_string(pidfile).expect("the command started");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(&pid) {
+            assert!(
+                Instant::now() < deadline,
+                "remote process {} outlived its deadline",
+                pid.trim()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A command that finishes in time is unaffected, stdin and exit status included.
+    let out = node.exec("cat; exit 3", Some(b"in"), T).await.expect("ran");
+    assert_eq!(
+        (out.stdout.as_slice(), out.exit_status),
+        (&b"in"[..], Some(3))
+    );
 }
 
 #[tokio::test]

@@ -66,7 +66,7 @@ pub struct DropSpec {
     pub after_ms: u64,
     /// `kill_without_cleanup` (default) or `abort_with_cleanup`.
     pub effect: String,
-    /// Also send SIGHUP to the parent process (the sshd session) first.
+    /// Also send SIGHUP to the sshd session process (nearest `sshd` ancestor) first.
     pub hup_parent: bool,
 }
 

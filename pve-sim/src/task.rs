@@ -160,7 +160,7 @@ impl Task {
             return Ok(());
         };
         if d.hup_parent {
-            util::send_signal(util::parent_pid(), 1);
+            util::send_signal(util::session_pid(), 1);
         }
         if d.effect == "abort_with_cleanup" {
             return Err(CmdError::die("interrupted by signal"));

@@ -95,6 +95,41 @@ pub fn parent_pid() -> i32 {
     unsafe { getppid() }
 }
 
+/// The nearest `sshd` ancestor (the SSH session process), else the parent. Commands may run
+/// under wrappers such as `timeout` or `sh -c`; HUPing the session is what drops the
+/// connection.
+pub fn session_pid() -> i32 {
+    let mut pid = parent_pid();
+    for _ in 0..16 {
+        let Some((comm, ppid)) = proc_stat(pid) else {
+            break;
+        };
+        if comm.starts_with("sshd") {
+            return pid;
+        }
+        if ppid <= 1 {
+            break;
+        }
+        pid = ppid;
+    }
+    parent_pid()
+}
+
+/// `(comm, ppid)` of a process from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let ppid = stat
+        .get(close + 2..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((comm, ppid))
+}
+
 /// Send a signal to a process.
 pub fn send_signal(pid: i32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.

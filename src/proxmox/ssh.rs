@@ -69,6 +69,11 @@ pub struct SshSettings {
     /// SSH keepalive interval for an idle connection; three unanswered keepalives close it.
     /// Zero disables keepalives.
     pub keepalive_interval: Duration,
+    /// Run every command under coreutils `timeout` on the node, with the caller's timeout and
+    /// this grace before SIGKILL, so a timed-out command dies on the node too (closing a
+    /// channel without a pty does not stop its process, which could hold a VM lock for
+    /// ever). `None` sends commands bare (for hosts without coreutils).
+    pub remote_kill_grace: Option<Duration>,
 }
 
 impl SshSettings {
@@ -89,8 +94,34 @@ impl SshSettings {
             connect_timeout: Duration::from_secs(10),
             max_sessions: DEFAULT_MAX_SESSIONS,
             keepalive_interval: Duration::from_secs(30),
+            remote_kill_grace: Some(Duration::from_secs(5)),
         }
     }
+}
+
+/// How much longer than timeout + grace we wait for the node's answer before giving up.
+const REMOTE_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Exit status of coreutils `timeout` when the deadline passed (SIGTERM sufficed).
+const TIMEOUT_EXIT: u32 = 124;
+/// Exit status when `timeout` had to SIGKILL after the grace (128 + 9).
+const TIMEOUT_KILLED_EXIT: u32 = 137;
+
+/// `script` under coreutils `timeout`: SIGTERM to the whole process group after `limit`,
+/// SIGKILL `grace` later. Detached jobs (`setsid`) are in their own group and survive.
+pub fn with_remote_deadline(
+    script: &str,
+    limit: Duration,
+    grace: Duration,
+) -> Result<String, SshError> {
+    let quoted = super::argv::quote(script).map_err(|_| SshError::ChannelOpen {
+        message: "the command contains a NUL byte".into(),
+    })?;
+    Ok(format!(
+        "exec timeout -k {:.3} {:.3} sh -c {quoted}",
+        grace.as_secs_f64(),
+        limit.as_secs_f64().max(0.001)
+    ))
 }
 
 /// What a finished command produced.
@@ -382,8 +413,33 @@ impl SshNode {
             finished: false,
         };
 
-        let ran = timeout_at(deadline, open.run(command, stdin)).await;
+        // With a remote deadline the node ends the command itself when the time is up, and
+        // we wait a little longer for its answer (exit 124/137) than the caller's timeout.
+        let (script, wait_until, remote_limit) = match self.inner.settings.remote_kill_grace {
+            Some(grace) => {
+                let limit = deadline.saturating_duration_since(Instant::now());
+                (
+                    with_remote_deadline(command, limit, grace)?,
+                    deadline + grace + REMOTE_DEADLINE_MARGIN,
+                    Some(limit),
+                )
+            }
+            None => (command.to_string(), deadline, None),
+        };
+        let sent = Instant::now();
+        let ran = timeout_at(wait_until, open.run(&script, stdin)).await;
         match ran {
+            // `timeout` exits 124 after SIGTERM worked; after the SIGKILL it sends to its
+            // process group (itself included) it is reported as 137 or as signal KILL.
+            Ok(Ok(out))
+                if remote_limit.is_some_and(|limit| sent.elapsed() >= limit)
+                    && (matches!(
+                        out.exit_status,
+                        Some(TIMEOUT_EXIT) | Some(TIMEOUT_KILLED_EXIT)
+                    ) || out.exit_signal.as_deref() == Some("KILL")) =>
+            {
+                Err(timed_out())
+            }
             Ok(result) => result,
             // Dropping `open` closes the channel.
             Err(_) => Err(timed_out()),
