@@ -338,6 +338,12 @@ impl SshProxmox {
         destroyed_unless(self.run_cmd(node, cmd, Repeat::Safe).await, gone)
     }
 
+    /// Runs a freshly built, safe-to-repeat command for its effect (a builder error is
+    /// returned as is).
+    async fn act_built(&self, node: &NodeName, cmd: Result<Command>) -> Result<()> {
+        self.act(node, &cmd?, Repeat::Safe).await
+    }
+
     /// Runs a read (safe to repeat) and parses its stdout.
     async fn query<T>(
         &self,
@@ -793,12 +799,9 @@ impl Proxmox for SshProxmox {
     }
 
     async fn set_tags(&self, node: &NodeName, vmid: Vmid, tags: &[Tag]) -> Result<()> {
-        async {
-            let cmd = commands::set_tags(vmid, tags)?;
-            self.act(node, &cmd, Repeat::Safe).await
-        }
-        .instrument(op_span("set_tags", node, Some(vmid)))
-        .await
+        self.act_built(node, commands::set_tags(vmid, tags))
+            .instrument(op_span("set_tags", node, Some(vmid)))
+            .await
     }
 
     async fn set_resources(
@@ -808,12 +811,9 @@ impl Proxmox for SshProxmox {
         cores: Option<Cores>,
         memory: Option<MemoryMib>,
     ) -> Result<()> {
-        async {
-            let cmd = commands::set_resources(vmid, cores, memory)?;
-            self.act(node, &cmd, Repeat::Safe).await
-        }
-        .instrument(op_span("set_resources", node, Some(vmid)))
-        .await
+        self.act_built(node, commands::set_resources(vmid, cores, memory))
+            .instrument(op_span("set_resources", node, Some(vmid)))
+            .await
     }
 
     async fn configure_cloud_init(
