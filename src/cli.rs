@@ -178,6 +178,14 @@ pub struct ApiArgs {
     /// Quota defaults.
     #[command(flatten)]
     pub quota: QuotaDefaultArgs,
+
+    /// An order's reservation whose CloudPod was never written is released after this long.
+    #[arg(long, env = "CLOUDPODS_RESERVATION_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub reservation_ttl: Duration,
+
+    /// How often stale reservations are looked for.
+    #[arg(long, env = "CLOUDPODS_RESERVATION_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub reservation_sweep_interval: Duration,
 }
 
 /// Arguments of `cloudpods token`.

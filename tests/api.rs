@@ -829,3 +829,77 @@ async fn the_served_openapi_document_passes_an_independent_validator() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn stale_reservations_are_released_or_adopted_and_fresh_ones_left_alone() {
+    let api = TestApi::start().await;
+    let t = tenant("reaper");
+    let insert = |id: &'static str, age: &'static str| {
+        let pool = api.pool.clone();
+        let t = t.clone();
+        let ns = api.namespace.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO cloud_pods (id, tenant_id, plan_code, blueprint_code, cpu_cores, \
+                 memory_mb, disk_gb, k8s_namespace, k8s_name, created_at) VALUES ($1, $2, \
+                 'student', 'ubuntu-24-minimal', 1, 1024, 20, $3, $1, now() - interval '{age}')"
+            )))
+            .bind(id)
+            .bind(&t)
+            .bind(&ns)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    insert("pod-died-before-write", "10 minutes").await;
+    insert("pod-write-landed", "10 minutes").await;
+    insert("pod-in-flight", "1 second").await;
+    // The second order's CloudPod was written, but its uid never recorded.
+    let cr: cloudpods::crd::CloudPod = serde_json::from_value(json!({
+        "apiVersion": "cloudpods.migrahosting.com/v1alpha1", "kind": "CloudPod",
+        "metadata": { "name": "pod-write-landed", "namespace": api.namespace },
+        "spec": { "tenantId": t, "planCode": "student", "blueprint": "ubuntu-24-minimal", "hostname": "landed" },
+    }))
+    .unwrap();
+    let created = api.pods().create(&Default::default(), &cr).await.unwrap();
+
+    let report = cloudpods::api::reaper::sweep(&api.state, std::time::Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!((report.adopted, report.released, report.skipped), (1, 1, 0));
+    let rows: Vec<(String, String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT id, status, k8s_uid FROM cloud_pods WHERE tenant_id = $1 ORDER BY id",
+    )
+    .bind(&t)
+    .fetch_all(&api.pool)
+    .await
+    .unwrap();
+    let uid = created
+        .metadata
+        .uid
+        .as_deref()
+        .map(|u| uuid::Uuid::parse_str(u).unwrap());
+    assert_eq!(
+        rows,
+        vec![
+            ("pod-died-before-write".into(), "deleted".into(), None),
+            ("pod-in-flight".into(), "pending".into(), None),
+            ("pod-write-landed".into(), "pending".into(), uid),
+        ]
+    );
+    // The released one no longer counts; a second sweep finds nothing to do.
+    let q = api
+        .call("GET", "/my-quota", Some(&api.user(&t)), None)
+        .await;
+    assert_eq!(q.body["usage"]["pods"], 2);
+    let again = cloudpods::api::reaper::sweep(&api.state, std::time::Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!((again.adopted, again.released), (0, 0));
+    let text = get_text(&api, "/metrics").await;
+    assert!(
+        text.contains("cloudpods_api_stale_reservations_total{outcome=\"released\"} 1"),
+        "{text}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod model;
 pub mod openapi;
 pub mod pods;
 pub mod quota;
+pub mod reaper;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct Inner {
     pub pods: Api<CloudPod>,
     /// TenantQuotas (cluster-scoped).
     pub tenant_quotas: Api<TenantQuota>,
+    /// The Kubernetes client (for other namespaces).
+    pub client: kube::Client,
     /// Namespace CloudPods are created in.
     pub namespace: String,
     /// Timeout of one Kubernetes call.
@@ -77,6 +80,8 @@ pub struct ApiMetrics {
     pub errors: crate::metrics::CounterVec,
     /// Authentication failures by reason (expired, bad_signature, ...).
     pub auth_failures: crate::metrics::CounterVec,
+    /// Stale reservations cleaned up, by outcome (released, adopted).
+    pub reservations: crate::metrics::CounterVec,
 }
 
 impl ApiMetrics {
@@ -105,6 +110,11 @@ impl ApiMetrics {
                 "Rejected bearer tokens by reason.",
                 &["reason"],
             ),
+            reservations: registry.counter(
+                "cloudpods_api_stale_reservations_total",
+                "Reservations of orders that died before their CloudPod was written, by outcome.",
+                &["outcome"],
+            ),
             registry,
         }
     }
@@ -127,7 +137,8 @@ impl AppState {
     ) -> Self {
         AppState(Arc::new(Inner {
             pods: Api::namespaced(client.clone(), &namespace),
-            tenant_quotas: Api::all(client),
+            tenant_quotas: Api::all(client.clone()),
+            client,
             pool,
             quotas,
             verifier,
@@ -419,7 +430,22 @@ pub async fn run(args: &crate::cli::ApiArgs) -> anyhow::Result<()> {
     let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
     let quotas = Quotas::new(pool.clone(), args.quota.limits());
     let state = AppState::new(pool, quotas, verifier, client, args.kube.namespace.clone());
-    serve(state, args.listen, shutdown_signal()).await
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(reaper::run(
+        state.clone(),
+        reaper::ReaperSettings {
+            ttl: args.reservation_ttl,
+            interval: args.reservation_sweep_interval,
+        },
+        stop_rx,
+    ));
+    let served = serve(state, args.listen, async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    let _ = reaper.await;
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM.

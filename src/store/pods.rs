@@ -278,6 +278,26 @@ pub async fn release_unprovisioned(pool: &PgPool, pod_id: &str) -> Result<bool, 
     Ok(done.rows_affected() > 0)
 }
 
+/// Reservations whose order never recorded a CloudPod uid: `pending`, no `k8s_uid`, created
+/// more than `older_than` ago. Returns `(id, k8s_namespace, k8s_name)`.
+pub async fn stale_reservations(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, k8s_namespace, k8s_name FROM cloud_pods \
+         WHERE status = 'pending' AND k8s_uid IS NULL \
+           AND created_at < now() - make_interval(secs => $1) \
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::query("list stale reservations"))
+}
+
 /// Records the resources a scale was admitted for (inside the admission transaction).
 pub async fn reserve_resources(
     conn: &mut PgConnection,

@@ -37,6 +37,8 @@ pub struct TestApi {
     pub namespace: String,
     /// Kubernetes client for assertions.
     pub kube: kube::Client,
+    /// The server's state (to run its background tasks by hand).
+    pub state: AppState,
     minter: Minter,
     shutdown: Option<oneshot::Sender<()>>,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -122,6 +124,7 @@ impl TestApi {
             kube.clone(),
             namespace.clone(),
         );
+        let kept = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -137,6 +140,7 @@ impl TestApi {
             pool,
             namespace,
             kube,
+            state: kept,
             minter,
             shutdown: Some(tx),
             http,
