@@ -22,7 +22,7 @@ pub async fn get_plan(
     State(state): State<AppState>,
     Path(code): Path<String>,
 ) -> Result<Json<PlanView>, ApiError> {
-    if !super::pods::is_dns_label(&code) {
+    if !super::validate::is_dns_label(&code) {
         return Err(ApiError::invalid(
             "code",
             "must be a plan code (a DNS label)",

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod cloudpod;
 pub mod error;
 pub mod extract;
 pub mod model;
@@ -14,6 +15,7 @@ pub mod openapi;
 pub mod pods;
 pub mod quota;
 pub mod reaper;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -422,7 +424,7 @@ pub fn auth_settings(jwt: &crate::cli::JwtArgs) -> anyhow::Result<auth::AuthSett
 pub async fn run(args: &crate::cli::ApiArgs) -> anyhow::Result<()> {
     let verifier = auth::Verifier::new(auth_settings(&args.jwt)?)
         .map_err(|e| anyhow::anyhow!("JWT settings: {e}"))?;
-    if !pods::is_dns_label(&args.kube.namespace) {
+    if !validate::is_dns_label(&args.kube.namespace) {
         anyhow::bail!("--namespace must be a DNS label");
     }
     let pool = crate::store::connect(&args.db).await?;

@@ -9,142 +9,23 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use serde_json::json;
 
 use super::auth::Caller;
+use super::cloudpod::{apply_cloudpod, is_kube_not_found, kube_error, patch_spec};
 use super::error::ApiError;
 use super::extract::{JsonBody, OptionalJsonBody, QueryMap};
 use super::model::{
     Accepted, Health, HealthCheck, OrderRequest, PodList, PodView, Resources, ScaleRequest,
 };
-use super::{AppState, BASE, FIELD_MANAGER, JOB_ANNOTATION, TENANT_LABEL};
-use crate::crd::{Phase, PowerState};
+use super::validate::{
+    CPU_RANGE, DISK_RANGE, MEMORY_RANGE, check_range, idempotency_key, pod_ref, validate_order,
+};
+use super::{AppState, BASE};
+use crate::crd::Phase;
 use crate::quota::Requested;
 use crate::store::pods::{self as store, JobRef, NewJob, NewPod, PodRef, PodRow};
-
-/// Ranges of the CRD's `spec.resources`.
-const CPU_RANGE: (i32, i32) = (1, 64);
-const MEMORY_RANGE: (i32, i32) = (512, 262_144);
-const DISK_RANGE: (i32, i32) = (5, 4096);
-/// At most this many SSH keys (as the CRD).
-const MAX_SSH_KEYS: usize = 32;
-
-// ---- validation ---------------------------------------------------------------------------
-
-/// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 bytes.
-pub fn is_dns_label(s: &str) -> bool {
-    crate::proxmox::types::is_lower_dns_label(s)
-}
-
-fn dns_label(field: &str, value: &str) -> Result<(), ApiError> {
-    if is_dns_label(value) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters",
-        ))
-    }
-}
-
-/// Parses `:id`: digits are a VMID, anything else must be a pod id.
-pub fn pod_ref(id: &str) -> Result<PodRef, ApiError> {
-    if !id.is_empty() && id.len() <= 10 && id.bytes().all(|b| b.is_ascii_digit()) {
-        return match id.parse::<i32>() {
-            Ok(v) if (100..=999_999_999).contains(&v) => Ok(PodRef::Vmid(v)),
-            _ => Err(ApiError::invalid(
-                "id",
-                "a VMID must be from 100 to 999999999",
-            )),
-        };
-    }
-    match id.strip_prefix("pod-") {
-        Some(tail) if id.len() <= 63 && is_dns_label(tail) => Ok(PodRef::Id(id.to_string())),
-        _ => Err(ApiError::invalid(
-            "id",
-            "must be a pod id (pod-...) or a VMID",
-        )),
-    }
-}
-
-/// The idempotency key: the Idempotency-Key header, else the body's order id.
-fn idempotency_key(
-    headers: &HeaderMap,
-    order_id: Option<&str>,
-) -> Result<Option<String>, ApiError> {
-    let check = |field: &str, v: &str| -> Result<(), ApiError> {
-        if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-            Err(ApiError::invalid(
-                field,
-                "must be 1 to 255 visible ASCII characters",
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    let header = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let v = v
-                .to_str()
-                .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
-            check("Idempotency-Key", v)?;
-            Some(v.to_string())
-        }
-    };
-    if let Some(o) = order_id {
-        check("orderId", o)?;
-        if header.as_deref().is_some_and(|h| h != o) {
-            return Err(ApiError::invalid(
-                "orderId",
-                "differs from the Idempotency-Key header; send one or make them equal",
-            ));
-        }
-    }
-    Ok(header.or_else(|| order_id.map(str::to_string)))
-}
-
-fn validate_order(req: &OrderRequest) -> Result<(), ApiError> {
-    dns_label("planCode", &req.plan_code)?;
-    dns_label("blueprint", &req.blueprint)?;
-    dns_label("name", &req.name)?;
-    if let Some(o) = &req.options {
-        if o.ssh_public_keys.len() > MAX_SSH_KEYS {
-            return Err(ApiError::invalid(
-                "options.sshPublicKeys",
-                format!("at most {MAX_SSH_KEYS} keys"),
-            ));
-        }
-        for (i, key) in o.ssh_public_keys.iter().enumerate() {
-            crate::proxmox::types::SshPublicKey::parse(key).map_err(|_| {
-                ApiError::invalid(
-                    format!("options.sshPublicKeys[{i}]"),
-                    "must be one OpenSSH public key line: '<type> <base64> [comment]'",
-                )
-            })?;
-        }
-        if let Some(user) = &o.user
-            && (user == "root" || crate::proxmox::types::CiUser::parse(user).is_err())
-        {
-            return Err(ApiError::invalid(
-                "options.user",
-                "must be a Linux user name (lowercase, at most 32 characters) other than root",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_range(field: &str, v: Option<i32>, (min, max): (i32, i32)) -> Result<(), ApiError> {
-    match v {
-        Some(n) if !(min..=max).contains(&n) => Err(ApiError::invalid(
-            field,
-            format!("must be from {min} to {max}"),
-        )),
-        _ => Ok(()),
-    }
-}
 
 // ---- helpers ------------------------------------------------------------------------------
 
@@ -177,137 +58,6 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<PodRow, Api
 /// Another tenant's pod and a missing one answer the same.
 fn not_found() -> ApiError {
     ApiError::NotFound("no such pod".into())
-}
-
-/// Maps a Kubernetes failure: conflicts and rejections are the client's to see, the rest is
-/// logged and answered with 503.
-pub fn kube_error(what: &str, e: kube::Error) -> ApiError {
-    match &e {
-        kube::Error::Api(s) if s.code == 409 => ApiError::Conflict {
-            code: "CONFLICT",
-            message: format!("{what}: the resource was changed concurrently; try again"),
-        },
-        kube::Error::Api(s) if s.code == 422 => ApiError::Unprocessable {
-            code: "REJECTED",
-            field: None,
-            message: format!("{what}: Kubernetes rejected the change: {}", s.message),
-        },
-        _ => ApiError::Unavailable(anyhow::Error::new(e).context(what.to_string())),
-    }
-}
-
-/// Runs one Kubernetes call with the configured timeout.
-pub async fn kube_call<T>(
-    state: &AppState,
-    what: &str,
-    call: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(state.kube_timeout, call).await {
-        Ok(r) => r.map_err(|e| kube_error(what, e)),
-        Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
-            "{what}: Kubernetes did not answer in {:?}",
-            state.kube_timeout
-        ))),
-    }
-}
-
-fn is_kube_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-/// Creates (or re-applies, identically) the CloudPod of an order.
-async fn apply_cloudpod(
-    state: &AppState,
-    row: &PodRow,
-    req: &OrderRequest,
-    job_id: i64,
-) -> Result<(), ApiError> {
-    let options = req.options.clone().unwrap_or_default();
-    let mut spec = json!({
-        "tenantId": row.tenant_id,
-        "planCode": row.plan_code,
-        "blueprint": row.blueprint_code,
-        "hostname": row.hostname,
-        "powerState": options.power_state.unwrap_or(PowerState::Running),
-    });
-    if let Some(user) = &row.user_id {
-        spec["userId"] = json!(user);
-    }
-    if !options.ssh_public_keys.is_empty() || options.user.is_some() {
-        let mut ci = json!({});
-        if let Some(u) = &options.user {
-            ci["user"] = json!(u);
-        }
-        if !options.ssh_public_keys.is_empty() {
-            ci["sshPublicKeys"] = json!(options.ssh_public_keys);
-        }
-        spec["cloudInit"] = ci;
-    }
-    let object = json!({
-        "apiVersion": format!("{}/v1alpha1", crate::crd::GROUP),
-        "kind": "CloudPod",
-        "metadata": {
-            "name": row.k8s_name,
-            "namespace": row.k8s_namespace,
-            "labels": {
-                TENANT_LABEL: row.tenant_id,
-                "app.kubernetes.io/managed-by": FIELD_MANAGER,
-            },
-            "annotations": { JOB_ANNOTATION: job_id.to_string() },
-        },
-        "spec": spec,
-    });
-    let applied = kube_call(
-        state,
-        "create the CloudPod",
-        state.pods.patch(
-            &row.k8s_name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&object),
-        ),
-    )
-    .await?;
-    if let Some(uid) = applied
-        .metadata
-        .uid
-        .as_deref()
-        .and_then(|u| uuid::Uuid::parse_str(u).ok())
-    {
-        store::set_k8s_uid(&state.pool, &row.id, uid).await?;
-    }
-    Ok(())
-}
-
-/// A merge patch of the CloudPod's spec (scale, backup request).
-async fn patch_spec(
-    state: &AppState,
-    row: &PodRow,
-    spec: serde_json::Value,
-    what: &str,
-) -> Result<(), ApiError> {
-    let patch = json!({ "spec": spec });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
-    match tokio::time::timeout(
-        state.kube_timeout,
-        state
-            .pods
-            .patch(&row.k8s_name, &params, &Patch::Merge(&patch)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if is_kube_not_found(&e) => Err(ApiError::Conflict {
-            code: "POD_NOT_READY",
-            message: "the pod's resource does not exist (yet); try again shortly".into(),
-        }),
-        Ok(Err(e)) => Err(kube_error(what, e)),
-        Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
-            "{what}: Kubernetes did not answer"
-        ))),
-    }
 }
 
 /// Outcome of the idempotency lookup inside an admission.
@@ -938,47 +688,7 @@ pub fn health_of(row: &PodRow, cr: Option<&crate::crd::CloudPod>) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pod_refs() {
-        assert_eq!(pod_ref("123").unwrap(), PodRef::Vmid(123));
-        assert_eq!(
-            pod_ref("pod-1764399306066").unwrap(),
-            PodRef::Id("pod-1764399306066".into())
-        );
-        for bad in [
-            "",
-            "99",
-            "1000000000",
-            "99999999999",
-            "pod-",
-            "pod-A",
-            "x",
-            "pod-a;b",
-            "pod-a/../b",
-        ] {
-            assert!(pod_ref(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn idempotency_key_sources() {
-        let mut h = HeaderMap::new();
-        assert_eq!(idempotency_key(&h, None).unwrap(), None);
-        assert_eq!(
-            idempotency_key(&h, Some("o-1")).unwrap().as_deref(),
-            Some("o-1")
-        );
-        h.insert("idempotency-key", "k-1".parse().unwrap());
-        assert_eq!(idempotency_key(&h, None).unwrap().as_deref(), Some("k-1"));
-        assert_eq!(
-            idempotency_key(&h, Some("k-1")).unwrap().as_deref(),
-            Some("k-1")
-        );
-        assert!(idempotency_key(&h, Some("other")).is_err());
-        h.insert("idempotency-key", "has space".parse().unwrap());
-        assert!(idempotency_key(&h, None).is_err());
-    }
+    use crate::api::validate::pod_ref;
 
     #[test]
     fn new_pod_ids_are_valid_and_distinct() {

@@ -7,10 +7,10 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use super::auth::Caller;
+use super::cloudpod::kube_call;
 use super::error::ApiError;
 use super::extract::{AdminCaller, JsonBody, QueryMap};
 use super::model::QuotaUpdate;
-use super::pods::kube_call;
 use super::{AppState, FIELD_MANAGER};
 use crate::quota::{QuotaCheck, QuotaLimits, QuotaSummary, Requested};
 use crate::store::pods as store;
@@ -36,7 +36,7 @@ pub async fn check_quota(
     let code = query
         .str("planCode")
         .ok_or_else(|| ApiError::invalid("planCode", "is required"))?;
-    if !super::pods::is_dns_label(code) {
+    if !super::validate::is_dns_label(code) {
         return Err(ApiError::invalid(
             "planCode",
             "must be a plan code (a DNS label)",
@@ -65,7 +65,7 @@ pub async fn check_quota(
 }
 
 fn tenant_param(id: &str) -> Result<(), ApiError> {
-    if super::pods::is_dns_label(id) {
+    if super::validate::is_dns_label(id) {
         Ok(())
     } else {
         Err(ApiError::invalid(
