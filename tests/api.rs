@@ -346,6 +346,24 @@ async fn repeated_order_with_the_same_idempotency_key_returns_the_same_pod() {
         .await
         .unwrap();
     assert_eq!(rows, 2, "one pod per key");
+
+    // A replay still answers after the blueprint was retired; a new order does not.
+    sqlx::query("UPDATE cloud_pod_blueprints SET is_active = false")
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    let replay = send("order-42", order_body("same")).await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED, "{:?}", replay.body);
+    assert_eq!(replay.body["podId"], first.body["podId"]);
+    let fresh = send("order-43", order_body("fresh")).await;
+    assert_eq!(
+        (fresh.status, fresh.code(), fresh.field()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "BLUEPRINT_INACTIVE",
+            Some("blueprint")
+        )
+    );
 }
 
 #[tokio::test]

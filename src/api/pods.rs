@@ -99,27 +99,10 @@ pub async fn order(
     let key = idempotency_key(&headers, req.order_id.as_deref())?;
     let canonical = serde_json::to_string(&req).map_err(|e| ApiError::Internal(e.into()))?;
 
-    let plan = store::plan(&state.pool, &req.plan_code)
-        .await?
-        .ok_or_else(|| ApiError::Unprocessable {
-            code: "UNKNOWN_PLAN",
-            field: Some("planCode".into()),
-            message: format!("there is no plan `{}`", req.plan_code),
-        })?;
-    match store::blueprint_active(&state.pool, &req.blueprint).await? {
-        Some(true) => {}
-        found => {
-            return Err(ApiError::Unprocessable {
-                code: if found.is_none() {
-                    "UNKNOWN_BLUEPRINT"
-                } else {
-                    "BLUEPRINT_INACTIVE"
-                },
-                field: Some("blueprint".into()),
-                message: format!("blueprint `{}` cannot be ordered", req.blueprint),
-            });
-        }
-    }
+    // Read the catalog before taking the tenant's lock, judge it after the replay check: a
+    // replayed order answers as before even if its plan or blueprint was retired since.
+    let plan = store::plan(&state.pool, &req.plan_code).await?;
+    let blueprint = store::blueprint_active(&state.pool, &req.blueprint).await?;
 
     let mut admission = state.quotas.begin_admission(&caller.tenant_id).await?;
     if let Replay::Same(job) = replay_of(
@@ -152,6 +135,22 @@ pub async fn order(
                 resources: None,
             },
         ));
+    }
+    let plan = plan.ok_or_else(|| ApiError::Unprocessable {
+        code: "UNKNOWN_PLAN",
+        field: Some("planCode".into()),
+        message: format!("there is no plan `{}`", req.plan_code),
+    })?;
+    if blueprint != Some(true) {
+        return Err(ApiError::Unprocessable {
+            code: if blueprint.is_none() {
+                "UNKNOWN_BLUEPRINT"
+            } else {
+                "BLUEPRINT_INACTIVE"
+            },
+            field: Some("blueprint".into()),
+            message: format!("blueprint `{}` cannot be ordered", req.blueprint),
+        });
     }
     if !plan.is_active {
         return Err(ApiError::Unprocessable {
