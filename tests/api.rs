@@ -535,6 +535,46 @@ async fn scale_checks_the_quota_delta_reserves_it_and_patches_the_cloudpod() {
         )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+
+    // A keyed scale, then a newer one: replaying the first answers but writes nothing back.
+    let keyed = |cores: i64, key: &'static str| {
+        let token = token.clone();
+        let path = format!("/{pod}/scale");
+        let api = &api;
+        async move {
+            let body = serde_json::to_vec(&json!({ "cpuCores": cores })).unwrap();
+            api.raw(
+                "POST",
+                &path,
+                Some(&token),
+                Some(body),
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", key),
+                ],
+            )
+            .await
+        }
+    };
+    let first = keyed(2, "scale-a").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    let newer = keyed(3, "scale-b").await;
+    assert_eq!(newer.status, StatusCode::ACCEPTED, "{:?}", newer.body);
+    let replay = keyed(2, "scale-a").await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED, "{:?}", replay.body);
+    assert_eq!(
+        (
+            replay.body["replayed"].clone(),
+            replay.body["jobId"].clone()
+        ),
+        (json!(true), first.body["jobId"].clone())
+    );
+    let cr = api.pods().get(&pod).await.unwrap();
+    assert_eq!(
+        cr.spec.resources.unwrap().cpu_cores,
+        Some(3),
+        "the replay must not undo the newer scale"
+    );
 }
 
 #[tokio::test]
@@ -628,6 +668,32 @@ async fn backup_sets_a_new_request_token_on_an_active_pod_only() {
     assert_ne!(first, second, "each call is one more backup");
     let cr = api.pods().get(&pod).await.unwrap();
     assert_eq!(cr.spec.backup_request.as_deref(), Some(second.as_str()));
+
+    // A keyed backup replayed after a newer one answers but does not write its token back
+    // (that would be one more backup).
+    let keyed = |key: &'static str| {
+        let token = token.clone();
+        let api = &api;
+        async move {
+            api.raw(
+                "POST",
+                "/555/backup",
+                Some(&token),
+                None,
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let k1 = keyed("bk-1").await;
+    assert_eq!(k1.status, StatusCode::ACCEPTED, "{:?}", k1.body);
+    let newest = api.call("POST", "/555/backup", Some(&token), None).await;
+    let newest = newest.body["backupRequest"].as_str().unwrap().to_string();
+    let again = keyed("bk-1").await;
+    assert_eq!(again.body["replayed"], true);
+    assert_eq!(again.body["backupRequest"], k1.body["backupRequest"]);
+    let cr = api.pods().get(&pod).await.unwrap();
+    assert_eq!(cr.spec.backup_request.as_deref(), Some(newest.as_str()));
 }
 
 #[tokio::test]

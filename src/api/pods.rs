@@ -60,6 +60,18 @@ fn not_found() -> ApiError {
     ApiError::NotFound("no such pod".into())
 }
 
+/// Whether `job_id` is the newest job of its type for the pod.
+async fn is_latest_job(
+    state: &AppState,
+    pod_id: &str,
+    job_type: &str,
+    job_id: i64,
+) -> Result<bool, ApiError> {
+    Ok(store::latest_job(&state.pool, pod_id, job_type)
+        .await?
+        .is_some_and(|(id, _)| id == job_id))
+}
+
 /// Outcome of the idempotency lookup inside an admission.
 enum Replay {
     New,
@@ -412,13 +424,17 @@ pub async fn backup(
     let (job_id, replayed) =
         record_job(&state, &caller, &row, key.as_deref(), &canonical, "backup").await?;
     let token = format!("api-job-{job_id}");
-    patch_spec(
-        &state,
-        &row,
-        json!({ "backupRequest": token }),
-        "request a backup",
-    )
-    .await?;
+    // A replay re-sends its write (the first attempt may have died before it) unless a newer
+    // backup was asked for since: writing the old token back would mean one more backup.
+    if !replayed || is_latest_job(&state, &row.id, "backup", job_id).await? {
+        patch_spec(
+            &state,
+            &row,
+            json!({ "backupRequest": token }),
+            "request a backup",
+        )
+        .await?;
+    }
     tracing::info!(tenant_id = %caller.tenant_id, pod_id = %row.id, vmid = ?row.vmid, job_id, action = "backup", "backup requested");
     Ok(accepted(
         StatusCode::ACCEPTED,
@@ -482,9 +498,11 @@ pub async fn scale(
             .disk_gb
             .unwrap_or(row.reserved_disk_gb.unwrap_or(row.disk_gb)),
     };
+    // The request as sent (not the computed target, which moves as other changes land).
     let canonical = format!(
-        "scale {} {} {} {}",
-        row.id, target.cpu_cores, target.memory_mb, target.disk_gb
+        "scale {} {}",
+        row.id,
+        serde_json::to_string(&req).map_err(|e| ApiError::Internal(e.into()))?
     );
     let replay = replay_of(
         admission.conn(),
@@ -571,17 +589,24 @@ pub async fn scale(
             (Some(job_id), false)
         }
     };
-    patch_spec(
-        &state,
-        &row,
-        json!({ "resources": {
-            "cpuCores": target.cpu_cores,
-            "memoryMb": target.memory_mb,
-            "diskGb": target.disk_gb,
-        }}),
-        "scale the CloudPod",
-    )
-    .await?;
+    // As for backups: a replay re-sends its write only while it is still the newest scale.
+    let newest = match job_id {
+        Some(id) if replayed => is_latest_job(&state, &row.id, "scale", id).await?,
+        _ => true,
+    };
+    if newest {
+        patch_spec(
+            &state,
+            &row,
+            json!({ "resources": {
+                "cpuCores": target.cpu_cores,
+                "memoryMb": target.memory_mb,
+                "diskGb": target.disk_gb,
+            }}),
+            "scale the CloudPod",
+        )
+        .await?;
+    }
     tracing::info!(tenant_id = %caller.tenant_id, pod_id = %row.id, vmid = ?row.vmid, job_id = ?job_id, action = "scale", "scale requested");
     Ok(accepted(
         StatusCode::ACCEPTED,
