@@ -444,10 +444,7 @@ async fn scale_checks_the_quota_delta_reserves_it_and_patches_the_cloudpod() {
     let t = tenant("scale");
     api.set_quota(&t, 2, 3, 4096, 100).await;
     let token = api.user(&t);
-    let pod = api.order(&t, "grow").await["podId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pod = api.order_id(&t, "grow").await;
 
     let a = api
         .call(
@@ -582,10 +579,7 @@ async fn destroy_deletes_the_cloudpod_and_releases_an_unprovisioned_reservation(
     let api = TestApi::start().await;
     let t = tenant("destroy");
     let token = api.user(&t);
-    let pod = api.order(&t, "bye").await["podId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pod = api.order_id(&t, "bye").await;
     let a = api
         .call("POST", &format!("/{pod}/destroy"), Some(&token), None)
         .await;
@@ -646,10 +640,7 @@ async fn backup_sets_a_new_request_token_on_an_active_pod_only() {
     let api = TestApi::start().await;
     let t = tenant("backup");
     let token = api.user(&t);
-    let pod = api.order(&t, "db").await["podId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pod = api.order_id(&t, "db").await;
     let a = api
         .call("POST", &format!("/{pod}/backup"), Some(&token), None)
         .await;
@@ -701,10 +692,7 @@ async fn admin_stats_count_pods_and_queue() {
     let api = TestApi::start().await;
     let doc = openapi(&api).await;
     let t = tenant("stats");
-    let p1 = api.order(&t, "s1").await["podId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p1 = api.order_id(&t, "s1").await;
     api.order(&t, "s2").await;
     api.make_active(&p1, 901).await;
     sqlx::query("INSERT INTO cloud_pod_queue (pod_id, action, status, processed_at) VALUES ($1, 'create', 'queued', NULL), ($1, 'sync', 'failed', now())")

@@ -97,10 +97,7 @@ async fn authorization_matrix() {
     let api = TestApi::start().await;
     let victim = tenant("victim");
     let intruder = tenant("intruder");
-    let pod = api.order(&victim, "precious").await["podId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pod = api.order_id(&victim, "precious").await;
     api.make_active(&pod, 31337).await;
     let secret = hs256_settings().key;
 
@@ -334,10 +331,7 @@ async fn bad_inputs_are_refused_with_the_field_named_and_nothing_created() {
     let api = TestApi::start().await;
     let t = tenant("bad");
     let token = api.user(&t);
-    let pod = api.order(&t, "target").await["podId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pod = api.order_id(&t, "target").await;
     let long = "a".repeat(300);
     let hostile = [
         ";reboot", "$(id)", "`id`", "a'b", "a\"b", "a\nb", "a\u{0}b", "ünï", "a b", "../x",

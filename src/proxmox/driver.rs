@@ -723,30 +723,36 @@ fn from_ssh(kind: CommandKind, e: &SshError) -> ProxmoxError {
     }
 }
 
-/// `Now` when the command succeeded, `Already` when it failed in a way `already` accepts as
-/// "the goal is reached" (the node refuses to do again what is done).
-fn applied_unless<T>(
+/// `done` when the command succeeded, `settled` when it failed in a way `accepts` takes as
+/// "the goal was already reached" (the node refuses to do again what is done, or there was
+/// nothing to remove).
+fn outcome_unless<T, O>(
     ran: Result<T>,
-    already: impl FnOnce(&ProxmoxError) -> bool,
-) -> Result<Applied> {
+    accepts: impl FnOnce(&ProxmoxError) -> bool,
+    done: O,
+    settled: O,
+) -> Result<O> {
     match ran {
-        Ok(_) => Ok(Applied::Now),
-        Err(e) if already(&e) => Ok(Applied::Already),
+        Ok(_) => Ok(done),
+        Err(e) if accepts(&e) => Ok(settled),
         Err(e) => Err(e),
     }
 }
 
-/// `Now` when the removal succeeded, `AlreadyGone` when it failed in a way `gone` accepts
-/// as "there was nothing to remove".
+/// [`outcome_unless`] for actions: `Now` or `Already`.
+fn applied_unless<T>(
+    ran: Result<T>,
+    already: impl FnOnce(&ProxmoxError) -> bool,
+) -> Result<Applied> {
+    outcome_unless(ran, already, Applied::Now, Applied::Already)
+}
+
+/// [`outcome_unless`] for removals: `Now` or `AlreadyGone`.
 fn destroyed_unless<T>(
     ran: Result<T>,
     gone: impl FnOnce(&ProxmoxError) -> bool,
 ) -> Result<Destroyed> {
-    match ran {
-        Ok(_) => Ok(Destroyed::Now),
-        Err(e) if gone(&e) => Ok(Destroyed::AlreadyGone),
-        Err(e) => Err(e),
-    }
+    outcome_unless(ran, gone, Destroyed::Now, Destroyed::AlreadyGone)
 }
 
 fn op_span(op: &'static str, node: &NodeName, vmid: Option<Vmid>) -> tracing::Span {

@@ -253,6 +253,14 @@ impl TestApi {
         a.body
     }
 
+    /// [`TestApi::order`], returning just the pod id.
+    pub async fn order_id(&self, tenant: &str, name: &str) -> String {
+        self.order(tenant, name).await["podId"]
+            .as_str()
+            .expect("podId")
+            .to_string()
+    }
+
     /// Sets a tenant's quota through the admin endpoint.
     pub async fn set_quota(&self, tenant: &str, pods: i64, cores: i64, mem: i64, disk: i64) {
         let a = self
