@@ -503,3 +503,36 @@ async fn bench_one_connection() {
         connects
     );
 }
+
+#[tokio::test]
+async fn a_nodes_file_drives_two_simulated_nodes_behind_one_sshd() {
+    use cloudpods::proxmox::Proxmox;
+    use cloudpods::proxmox::config::NodesConfig;
+    use cloudpods::proxmox::driver::DriverSettings;
+    use cloudpods::proxmox::types::{NodeName, Vmid};
+
+    let sshd = PrivateSshd::start(&["pve1", "pve2"]);
+    let s1 = sshd.settings("pve1");
+    let s2 = sshd.settings("pve2");
+    let yaml = format!(
+        "defaults:\n  port: {}\n  keyFile: {}\n  knownHostsFile: {}\nnodes:\n  - name: pve1\n    host: {}\n    user: {}\n  - name: pve2\n    host: {}\n    user: {}\n",
+        s1.port,
+        s1.key_path.display(),
+        s1.known_hosts_path.display(),
+        s1.host,
+        s1.user,
+        s2.host,
+        s2.user,
+    );
+    let config = NodesConfig::parse(&yaml, "test").expect("valid nodes file");
+    let pve = config.driver(DriverSettings::default());
+    for node in ["pve1", "pve2"] {
+        let status = pve
+            .status(&NodeName::parse(node).unwrap(), Vmid::new(9000).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{node}: {e}"));
+        assert!(status.template, "{node}: 9000 is the template");
+    }
+    assert_eq!(sshd.calls("pve1").len(), 1);
+    assert_eq!(sshd.calls("pve2").len(), 1);
+}

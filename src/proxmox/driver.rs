@@ -214,6 +214,13 @@ impl SshProxmox {
         self
     }
 
+    /// The nodes this driver knows, sorted.
+    pub fn node_names(&self) -> Vec<&NodeName> {
+        let mut names: Vec<&NodeName> = self.nodes.keys().collect();
+        names.sort();
+        names
+    }
+
     /// The settings.
     pub fn settings(&self) -> &DriverSettings {
         &self.settings

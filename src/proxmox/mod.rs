@@ -13,6 +13,7 @@
 pub mod argv;
 pub mod classify;
 pub mod commands;
+pub mod config;
 pub mod detached;
 pub mod driver;
 pub mod error;
