@@ -638,14 +638,9 @@ fn valid_user_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b':' | b'-'))
 }
 
-/// A lowercase DNS label: `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 bytes.
+/// A lowercase DNS label, the tenant id grammar of the CRDs and the canonical tables.
 fn valid_tenant_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&b.len())
-        && b.first().is_some_and(alnum)
-        && b.last().is_some_and(alnum)
-        && b.iter().all(|c| alnum(c) || *c == b'-')
+    crate::proxmox::types::is_lower_dns_label(s)
 }
 
 fn check_hs_secret(secret: &[u8]) -> Result<(), AuthConfigError> {

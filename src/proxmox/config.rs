@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::driver::{DriverSettings, SshProxmox};
 use super::ssh::{DEFAULT_MAX_SESSIONS, SshNode, SshSettings};
-use super::types::{NodeName, RemoteDir};
+use super::types::{CiUser, DnsName, NodeName, RemoteDir};
 
 /// Why a nodes file was refused; names the file, the node and the field.
 #[derive(Debug, thiserror::Error)]
@@ -245,33 +245,15 @@ fn merge(defaults: &Settings, node: &Settings) -> Settings {
     }
 }
 
-/// A DNS name (labels of letters, digits, '-') or an IP address; nothing a shell or the
-/// known_hosts lookup could misread.
+/// A DNS name ([`DnsName`]) or an IP address: nothing a shell or the known_hosts lookup
+/// could misread.
 fn is_host(h: &str) -> bool {
-    if h.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    h.parse::<std::net::IpAddr>().is_ok() || DnsName::parse(h).is_ok()
 }
 
-/// `^[a-z_][a-z0-9_-]{0,31}$`.
+/// A Unix user name: the cloud-init user grammar ([`CiUser`]).
 fn is_user(u: &str) -> bool {
-    let b = u.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
+    CiUser::parse(u).is_ok()
 }
 
 #[cfg(test)]
