@@ -582,56 +582,10 @@ impl SshPublicKey {
 }
 string_newtype!(SshPublicKey);
 
-/// Strict standard base64 (with `=` padding, length a multiple of 4); `None` when malformed.
+/// Strict standard base64 (canonical `=` padding and trailing bits); `None` when malformed.
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let b = s.as_bytes();
-    if b.is_empty() || !b.len().is_multiple_of(4) {
-        return None;
-    }
-    let pad = b.iter().rev().take_while(|c| **c == b'=').count();
-    if pad > 2 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(b.len() / 4 * 3);
-    for (i, chunk) in b.chunks(4).enumerate() {
-        let last = i == b.len() / 4 - 1;
-        let mut n = 0u32;
-        let mut used = 0;
-        for (j, c) in chunk.iter().enumerate() {
-            if *c == b'=' {
-                if !last || j < 4 - pad {
-                    return None;
-                }
-                n <<= 6;
-            } else {
-                n = (n << 6) | val(*c)?;
-                used += 1;
-            }
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        let keep = match used {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        // Non-canonical encodings (stray bits in the padding) are rejected.
-        if (keep == 2 && n & 0xff != 0) || (keep == 1 && n & 0xffff != 0) {
-            return None;
-        }
-        out.extend_from_slice(&bytes[..keep]);
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 // ---------------------------------------------------------------------------------------------
