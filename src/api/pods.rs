@@ -33,6 +33,19 @@ fn status_url(pod_id: &str) -> String {
     format!("{BASE}/{pod_id}")
 }
 
+/// The usual answer to an action on `pod_id`.
+fn answer(pod_id: String, job_id: Option<i64>, status: String, replayed: bool) -> Accepted {
+    Accepted {
+        status_url: status_url(&pod_id),
+        pod_id,
+        job_id,
+        status,
+        replayed,
+        backup_request: None,
+        resources: None,
+    }
+}
+
 fn accepted(status: StatusCode, body: Accepted) -> Response {
     let location = body.status_url.clone();
     let mut response = (status, Json(body)).into_response();
@@ -137,15 +150,7 @@ pub async fn order(
         }
         return Ok(accepted(
             StatusCode::ACCEPTED,
-            Accepted {
-                status_url: status_url(&row.id),
-                pod_id: row.id,
-                job_id: Some(job.id),
-                status: row.status,
-                replayed: true,
-                backup_request: None,
-                resources: None,
-            },
+            answer(row.id, Some(job.id), row.status, true),
         ));
     }
     let plan = plan.ok_or_else(|| ApiError::Unprocessable {
@@ -250,15 +255,12 @@ pub async fn order(
     }
     Ok(accepted(
         StatusCode::ACCEPTED,
-        Accepted {
-            status_url: status_url(&pod_id),
+        answer(
             pod_id,
-            job_id: Some(job_id),
-            status: Phase::Pending.as_db_status().to_string(),
-            replayed: false,
-            backup_request: None,
-            resources: None,
-        },
+            Some(job_id),
+            Phase::Pending.as_db_status().to_string(),
+            false,
+        ),
     ))
 }
 
@@ -324,15 +326,7 @@ pub async fn destroy(
         let job = store::latest_job(&state.pool, &row.id, "destroy").await?;
         return Ok(accepted(
             StatusCode::ACCEPTED,
-            Accepted {
-                status_url: status_url(&row.id),
-                pod_id: row.id,
-                job_id: job.map(|j| j.0),
-                status: row.status,
-                replayed: true,
-                backup_request: None,
-                resources: None,
-            },
+            answer(row.id, job.map(|j| j.0), row.status, true),
         ));
     }
     let (job_id, replayed) =
@@ -362,15 +356,7 @@ pub async fn destroy(
     tracing::info!(tenant_id = %caller.tenant_id, pod_id = %row.id, vmid = ?row.vmid, job_id, action = "destroy", "destroy requested");
     Ok(accepted(
         StatusCode::ACCEPTED,
-        Accepted {
-            status_url: status_url(&row.id),
-            pod_id: row.id,
-            job_id: Some(job_id),
-            status: status.to_string(),
-            replayed,
-            backup_request: None,
-            resources: None,
-        },
+        answer(row.id, Some(job_id), status.to_string(), replayed),
     ))
 }
 
@@ -439,13 +425,8 @@ pub async fn backup(
     Ok(accepted(
         StatusCode::ACCEPTED,
         Accepted {
-            status_url: status_url(&row.id),
-            pod_id: row.id,
-            job_id: Some(job_id),
-            status: row.status,
-            replayed,
             backup_request: Some(token),
-            resources: None,
+            ..answer(row.id, Some(job_id), row.status, replayed)
         },
     ))
 }
@@ -546,13 +527,8 @@ pub async fn scale(
                 return Ok(accepted(
                     StatusCode::OK,
                     Accepted {
-                        status_url: status_url(&row.id),
-                        pod_id: row.id,
-                        job_id: None,
-                        status: row.status,
-                        replayed: false,
-                        backup_request: None,
                         resources: Some(target),
+                        ..answer(row.id, None, row.status, false)
                     },
                 ));
             }
@@ -611,13 +587,8 @@ pub async fn scale(
     Ok(accepted(
         StatusCode::ACCEPTED,
         Accepted {
-            status_url: status_url(&row.id),
-            pod_id: row.id,
-            job_id,
-            status: row.status,
-            replayed,
-            backup_request: None,
             resources: Some(target),
+            ..answer(row.id, job_id, row.status, replayed)
         },
     ))
 }
