@@ -7,7 +7,7 @@ use super::error::ApiError;
 use super::model::OrderRequest;
 use super::{AppState, FIELD_MANAGER, JOB_ANNOTATION, TENANT_LABEL};
 use crate::crd::PowerState;
-use crate::store::pods::{self as store, PodRow};
+use crate::store::pods::{self as store, NewPod, PodRow};
 
 /// Maps a Kubernetes failure: conflicts and rejections are the client's to see, the rest is
 /// logged and answered with 503.
@@ -49,7 +49,7 @@ pub fn is_kube_not_found(e: &kube::Error) -> bool {
 /// Creates (or re-applies, identically) the CloudPod of an order.
 pub async fn apply_cloudpod(
     state: &AppState,
-    row: &PodRow,
+    row: &NewPod,
     req: &OrderRequest,
     job_id: i64,
 ) -> Result<(), ApiError> {

@@ -348,7 +348,7 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let ping = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
+        crate::store::pods::ping(&state.pool),
     )
     .await;
     match ping {

@@ -146,7 +146,7 @@ pub async fn order(
             .ok_or_else(not_found)?;
         // The first attempt may have died before the CloudPod was written.
         if row.k8s_uid.is_none() && row.status == "pending" {
-            apply_cloudpod(&state, &row, &req, job.id).await?;
+            apply_cloudpod(&state, &NewPod::from(&row), &req, job.id).await?;
         }
         return Ok(accepted(
             StatusCode::ACCEPTED,
@@ -239,10 +239,7 @@ pub async fn order(
     admission.commit().await?;
     tracing::info!(tenant_id = %caller.tenant_id, pod_id = %pod_id, job_id, plan = %plan.code, action = "order", "pod admitted");
 
-    let row = store::find_pod(&state.pool, &caller.tenant_id, &PodRef::Id(pod_id.clone()))
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("reserved pod {pod_id} vanished")))?;
-    if let Err(e) = apply_cloudpod(&state, &row, &req, job_id).await {
+    if let Err(e) = apply_cloudpod(&state, &new, &req, job_id).await {
         // Give the reservation back so a failed order does not hold quota; a retry with the
         // same key finds the job and re-applies. The controller re-admits a CloudPod whose
         // row was released if the write did land after all.

@@ -101,6 +101,33 @@ pub struct NewPod {
     pub k8s_name: String,
 }
 
+impl From<&PodRow> for NewPod {
+    fn from(r: &PodRow) -> Self {
+        NewPod {
+            id: r.id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            user_id: r.user_id.clone(),
+            plan_code: r.plan_code.clone(),
+            blueprint_code: r.blueprint_code.clone(),
+            hostname: r.hostname.clone(),
+            cpu_cores: r.cpu_cores,
+            memory_mb: r.memory_mb,
+            disk_gb: r.disk_gb,
+            k8s_namespace: r.k8s_namespace.clone(),
+            k8s_name: r.k8s_name.clone(),
+        }
+    }
+}
+
+/// Whether the database answers (readiness).
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(StoreError::query("ping the database"))
+}
+
 /// A user-level action recorded in `cloud_pod_jobs`.
 #[derive(Debug, Clone)]
 pub struct NewJob<'a> {
