@@ -35,6 +35,8 @@ pub enum Command {
     Api(ApiArgs),
     /// Print a signed bearer token for the API (development, sandboxes and benchmarks).
     Token(TokenArgs),
+    /// Run the operator: CloudPod and TenantQuota controllers, the worker pool, /healthz /readyz /metrics.
+    Operator(OperatorArgs),
     /// Open-loop load test of the API: p50/p90/p99 latency and throughput at fixed request rates.
     BenchApi(BenchApiArgs),
 }
@@ -186,6 +188,117 @@ pub struct ApiArgs {
     /// How often stale reservations are looked for.
     #[arg(long, env = "CLOUDPODS_RESERVATION_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub reservation_sweep_interval: Duration,
+}
+
+/// Arguments of `cloudpods operator`.
+#[derive(Args, Debug)]
+pub struct OperatorArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "CLOUDPODS_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Database settings.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// kubeconfig file; without it the in-cluster service account (or ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch CloudPods in this namespace only (default: all namespaces).
+    #[arg(long = "watch-namespace", env = "CLOUDPODS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Only CloudPods and TenantQuotas with these labels (e.g. `shard=a`). Disables pruning of quota rows.
+    #[arg(long, env = "CLOUDPODS_LABEL_SELECTOR")]
+    pub label_selector: Option<String>,
+    /// The Proxmox nodes file (see config/nodes.example.yaml).
+    #[arg(long, env = "CLOUDPODS_NODES_FILE")]
+    pub nodes_file: PathBuf,
+    /// Quota defaults.
+    #[command(flatten)]
+    pub quota: QuotaDefaultArgs,
+    /// Queue items handled at once by this process.
+    #[arg(long, env = "CLOUDPODS_WORKERS", default_value_t = 32)]
+    pub workers: usize,
+    /// Lease of a claimed queue item (renewed every third while it runs).
+    #[arg(long, env = "CLOUDPODS_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Longest pause between claim attempts when no notification arrives.
+    #[arg(long, env = "CLOUDPODS_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Attempts per queue item before it fails for good.
+    #[arg(long, env = "CLOUDPODS_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i32,
+    /// First retry delay (doubles each attempt, with jitter).
+    #[arg(long, env = "CLOUDPODS_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "CLOUDPODS_RETRY_MAX", default_value = "120s", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Long Proxmox tasks (clone, start, stop, backup) at once per node.
+    #[arg(long, env = "CLOUDPODS_MAX_TASKS_PER_NODE", default_value_t = 4)]
+    pub max_tasks_per_node: usize,
+    /// Where new VMs go: the blueprint's node, or spread over all nodes (each must hold the template).
+    #[arg(
+        long,
+        env = "CLOUDPODS_PLACEMENT",
+        value_enum,
+        default_value = "blueprint-node"
+    )]
+    pub placement: crate::worker::Placement,
+    /// How long a create waits for the guest agent's address.
+    #[arg(long, env = "CLOUDPODS_AGENT_WAIT", default_value = "120s", value_parser = parse_duration)]
+    pub agent_wait: Duration,
+    /// Storage that receives backups.
+    #[arg(long, env = "CLOUDPODS_BACKUP_STORAGE", default_value = "local")]
+    pub backup_storage: String,
+    /// How often an active pod is compared with its VM (drift).
+    #[arg(long, env = "CLOUDPODS_SYNC_INTERVAL", default_value = "300s", value_parser = parse_duration)]
+    pub sync_interval: Duration,
+    /// How long a failed pod waits before the next attempt (a spec change retries at once).
+    #[arg(long, env = "CLOUDPODS_ERROR_RETRY", default_value = "60s", value_parser = parse_duration)]
+    pub error_retry: Duration,
+    /// How often VMs with the CloudPods marker are checked against cloud_pods.
+    #[arg(long, env = "CLOUDPODS_ORPHAN_SCAN_INTERVAL", default_value = "300s", value_parser = parse_duration)]
+    pub orphan_scan_interval: Duration,
+    /// Reconciles at once per controller.
+    #[arg(long, env = "CLOUDPODS_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: u16,
+}
+
+impl OperatorArgs {
+    /// The controller settings these flags describe.
+    pub fn controller_settings(&self) -> crate::controller::ControllerSettings {
+        crate::controller::ControllerSettings {
+            namespace: self.watch_namespace.clone(),
+            label_selector: self.label_selector.clone(),
+            sync_interval: self.sync_interval,
+            error_retry: self.error_retry,
+            max_attempts: self.max_attempts,
+            concurrency: self.reconcile_concurrency,
+            ..crate::controller::ControllerSettings::default()
+        }
+    }
+
+    /// The worker settings these flags describe.
+    pub fn worker_settings(&self) -> crate::worker::WorkerSettings {
+        crate::worker::WorkerSettings {
+            concurrency: self.workers,
+            lease: self.lease,
+            poll_interval: self.poll_interval,
+            backoff: crate::queue::Backoff {
+                base: self.retry_base,
+                max: self.retry_max,
+            },
+            max_attempts: self.max_attempts,
+            max_tasks_per_node: self.max_tasks_per_node,
+            placement: self.placement,
+            agent_wait: self.agent_wait,
+            backup_storage: self.backup_storage.clone(),
+            ..crate::worker::WorkerSettings::default()
+        }
+    }
 }
 
 /// Arguments of `cloudpods token`.

@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchSsh(args) => cloudpods::bench_ssh::run(&args).await.map(drop),
         Command::Api(args) => cloudpods::api::run(&args).await,
+        Command::Operator(args) => cloudpods::operator::run(&args).await,
         Command::BenchApi(args) => {
             let settings = cloudpods::bench_api::BenchSettings {
                 base_url: args.url.clone(),

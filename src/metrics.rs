@@ -11,6 +11,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets for long operations in seconds (100 ms to 30 min).
+pub const JOB_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 /// Something that can render itself.
 trait Family: Send + Sync {
     fn render(&self, out: &mut String);
@@ -40,6 +45,19 @@ impl Registry {
         }));
         self.push(c.0.clone());
         c
+    }
+
+    /// A gauge family with `labels`, registered here.
+    pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        let g = GaugeVec(Arc::new(Inner {
+            name: name.to_string(),
+            help: help.to_string(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            values: Mutex::new(BTreeMap::new()),
+            buckets: Vec::new(),
+        }));
+        self.push(g.0.clone());
+        g
     }
 
     /// A histogram family with `labels` and upper `buckets` (ascending), registered here.
@@ -174,6 +192,49 @@ impl Family for Inner<u64> {
     }
 }
 
+/// A labelled value that goes up and down.
+#[derive(Clone)]
+pub struct GaugeVec(Arc<Inner<f64>>);
+
+impl GaugeVec {
+    /// Sets the series with these label values.
+    pub fn set(&self, labels: &[&str], v: f64) {
+        let key = self.0.key(labels);
+        self.0
+            .values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, v);
+    }
+
+    /// The current value (0 for an unseen series).
+    pub fn get(&self, labels: &[&str]) -> f64 {
+        let key = self.0.key(labels);
+        self.0
+            .values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+impl Family for Inner<f64> {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} gauge", self.name);
+        for (key, v) in self
+            .values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(out, "{}{} {v}", self.name, self.label_text(key, None));
+        }
+    }
+}
+
 /// Bucket counts, sum and count of one histogram series.
 #[derive(Clone, Debug, Default)]
 struct HistState {
@@ -258,6 +319,24 @@ impl Family for Inner<HistState> {
                 s.count
             );
         }
+    }
+}
+
+impl std::fmt::Debug for CounterVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CounterVec({})", self.0.name)
+    }
+}
+
+impl std::fmt::Debug for HistogramVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HistogramVec({})", self.0.name)
+    }
+}
+
+impl std::fmt::Debug for GaugeVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GaugeVec({})", self.0.name)
     }
 }
 

@@ -98,6 +98,17 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Called after every remote command with its kind, duration and whether it succeeded
+/// (metrics). Must be cheap: it runs on the caller's task.
+#[derive(Clone)]
+pub struct CommandObserver(pub std::sync::Arc<dyn Fn(CommandKind, Duration, bool) + Send + Sync>);
+
+impl std::fmt::Debug for CommandObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandObserver")
+    }
+}
+
 /// Timeouts, retries and polling of [`SshProxmox`].
 #[derive(Debug, Clone)]
 pub struct DriverSettings {
@@ -118,6 +129,8 @@ pub struct DriverSettings {
     pub max_poll_interval: Duration,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
+    /// Told about every remote command (for metrics), if set.
+    pub observer: Option<CommandObserver>,
 }
 
 impl Default for DriverSettings {
@@ -131,6 +144,7 @@ impl Default for DriverSettings {
             poll_interval: Duration::from_millis(250),
             max_poll_interval: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            observer: None,
         }
     }
 }
@@ -272,6 +286,9 @@ impl SshProxmox {
                         .exit_status
                         .map_or(-1, |s| i32::try_from(s).unwrap_or(-1));
                     let checked = check(cmd.kind, exit, &stdout, &stderr);
+                    if let Some(obs) = &self.settings.observer {
+                        (obs.0)(cmd.kind, started.elapsed(), checked.is_ok());
+                    }
                     tracing::debug!(
                         command = cmd.kind.name(),
                         exit,
@@ -295,6 +312,9 @@ impl SshProxmox {
                     }
                 }
                 Err(se) => {
+                    if let Some(obs) = &self.settings.observer {
+                        (obs.0)(cmd.kind, started.elapsed(), false);
+                    }
                     let e = from_ssh(cmd.kind, &se);
                     let may_repeat = ssh_transient(&se)
                         && (repeat == Repeat::Safe || !se.command_may_have_run());
@@ -1048,6 +1068,13 @@ impl Proxmox for SshProxmox {
         )
         .instrument(op_span("list_snapshots", node, Some(vmid)))
         .await
+    }
+
+    async fn job_running(&self, node: &NodeName, job: &JobId) -> Result<bool> {
+        Ok(matches!(
+            self.poll_job(node, job).await?.state,
+            JobState::Running
+        ))
     }
 
     async fn list_managed_vms(&self, node: &NodeName) -> Result<Vec<ClusterVm>> {

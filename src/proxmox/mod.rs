@@ -251,6 +251,14 @@ pub trait Proxmox: Send + Sync {
         vmid: Vmid,
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>>> + Send;
 
+    /// True while the detached job `job` (clone, backup, restore) still runs on the node;
+    /// false when it finished, died, or never existed. Read-only.
+    fn job_running(
+        &self,
+        node: &NodeName,
+        job: &JobId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// Every QEMU VM in the cluster tagged `cloudpods` (templates excluded), with its node,
     /// tags and lock, from `/cluster/resources` (name and status may lag, §3.3). Read-only.
     fn list_managed_vms(

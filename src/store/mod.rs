@@ -4,6 +4,7 @@
 //! queries (`sqlx::query`), so building needs no database.
 
 pub mod pods;
+pub mod reconcile;
 mod seed;
 
 use std::str::FromStr;

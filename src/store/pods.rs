@@ -60,7 +60,7 @@ pub struct PodRow {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-const POD_COLUMNS: &str = "id, tenant_id, user_id, plan_code, blueprint_code, vmid, node, \
+pub(crate) const POD_COLUMNS: &str = "id, tenant_id, user_id, plan_code, blueprint_code, vmid, node, \
     host(ip_address) AS ip_address, status, cpu_cores, memory_mb, disk_gb, reserved_cpu_cores, \
     reserved_memory_mb, reserved_disk_gb, hostname, provisioning_state, k8s_uid, k8s_namespace, \
     k8s_name, created_at, updated_at, deleted_at";

@@ -5,5 +5,6 @@ pub mod api;
 pub mod db;
 pub mod fixtures;
 pub mod kube;
+pub mod operator;
 pub mod proxmox;
 pub mod ssh;

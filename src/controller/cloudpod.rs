@@ -1,0 +1,781 @@
+//! The CloudPod reconciler: finalizer → find or admit the row → decide the next queue
+//! action → status. Deletion: mark `deleting`, let the worker destroy the VM, then drop the
+//! finalizer once the row is `deleted`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::plan::{self, Inputs, Pacing, Step};
+use super::status::{self, NotAdmitted, View};
+use super::{Context, Error, FIELD_MANAGER};
+use crate::api::JOB_ANNOTATION;
+use crate::crd::{CloudPod, FINALIZER, GROUP};
+use crate::queue::{self, Action as QAction, NewItem};
+use crate::quota::Requested;
+use crate::store::StoreError;
+use crate::store::pods::{self as pstore, NewPod, PodRow};
+use crate::store::reconcile as rstore;
+use crate::worker::payload::{
+    CreatePayload, PodState, PowerPayload, RequestPayload, ScalePayload, Size,
+};
+
+/// Reconciles one CloudPod.
+pub async fn reconcile(cp: Arc<CloudPod>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "reconcile",
+        tenantId = %cp.spec.tenant_id,
+        namespace = cp.namespace().unwrap_or_default(),
+        name = %cp.name_any(),
+        podId = tracing::field::Empty,
+        vmid = tracing::field::Empty,
+    );
+    let result = {
+        let _e = span.enter();
+        drop(_e);
+        tracing::Instrument::instrument(run(&cp, &ctx), span).await
+    };
+    ctx.metrics
+        .duration
+        .observe(&["cloudpod"], started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciles
+        .inc(&["cloudpod", if result.is_ok() { "ok" } else { "error" }]);
+    result
+}
+
+/// What to do after a failed reconcile: count it and try again with a pause.
+pub fn error_policy(cp: Arc<CloudPod>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.inc(&["cloudpod", err.reason()]);
+    tracing::warn!(name = %cp.name_any(), error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn run(cp: &CloudPod, ctx: &Context) -> Result<Action, Error> {
+    let ns = cp
+        .namespace()
+        .ok_or(Error::Malformed("metadata.namespace"))?;
+    let api: Api<CloudPod> = Api::namespaced(ctx.client.clone(), &ns);
+    if cp.meta().deletion_timestamp.is_some() {
+        return cleanup(cp, ctx, &api).await;
+    }
+    if !cp.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(cp, ctx, &api).await?;
+    }
+    apply(cp, ctx, &api, &ns).await
+}
+
+fn uid_of(cp: &CloudPod) -> Result<Uuid, Error> {
+    cp.uid()
+        .and_then(|u| Uuid::parse_str(&u).ok())
+        .ok_or(Error::Malformed("metadata.uid"))
+}
+
+async fn add_finalizer(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<(), Error> {
+    let mut list = cp.finalizers().to_vec();
+    list.push(FINALIZER.to_string());
+    set_finalizers(cp, ctx, api, list).await
+}
+
+async fn remove_finalizer(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<(), Error> {
+    let rest: Vec<String> = cp
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    match set_finalizers(cp, ctx, api, rest).await {
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+/// Replaces the finalizer list, guarded by the resourceVersion it was computed from (a
+/// concurrent change is a 409 and the reconcile runs again on the fresh object).
+async fn set_finalizers(
+    cp: &CloudPod,
+    ctx: &Context,
+    api: &Api<CloudPod>,
+    list: Vec<String>,
+) -> Result<(), Error> {
+    let patch = json!({
+        "metadata": { "finalizers": list, "resourceVersion": cp.resource_version() }
+    });
+    api.patch(
+        &cp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    ctx.wrote("finalizer");
+    Ok(())
+}
+
+/// The admission outcome for a pod without a live row.
+enum Admission {
+    Admitted(Box<PodRow>),
+    Refused(NotAdmitted),
+}
+
+async fn apply(
+    cp: &CloudPod,
+    ctx: &Context,
+    api: &Api<CloudPod>,
+    ns: &str,
+) -> Result<Action, Error> {
+    let uid = uid_of(cp)?;
+    let name = cp.name_any();
+    let mut conn = acquire(ctx).await?;
+    let found = rstore::find_for_resource(&mut conn, uid, ns, &name).await?;
+    drop(conn);
+    let row = match found {
+        Some(r) if r.deleted_at.is_none() => {
+            if r.k8s_uid.is_none() {
+                let mut conn = acquire(ctx).await?;
+                rstore::adopt_uid(&mut conn, &r.id, uid).await?;
+            }
+            Some(r)
+        }
+        // A released API reservation that never got a VM: admitted again below.
+        Some(r) if r.vmid.is_none() && r.id == name => None,
+        Some(r) => {
+            // The VM was destroyed but the resource lives on (it was recreated under the
+            // same uid, which cannot happen, or the row was edited by hand): report it.
+            let view = view_for(cp, Some(&r), None, None, 0);
+            write_status(cp, ctx, api, &view).await?;
+            return Ok(Action::await_change());
+        }
+        None => None,
+    };
+    let row = match row {
+        Some(r) => r,
+        None => match admit(cp, ctx, uid, ns).await? {
+            Admission::Admitted(r) => *r,
+            Admission::Refused(why) => {
+                let requeue = match &why {
+                    NotAdmitted::Quota { .. } => ctx.settings.refused_recheck,
+                    NotAdmitted::Invalid { .. } => ctx.settings.refused_recheck,
+                };
+                let view = view_for(cp, None, Some(&why), None, 0);
+                write_status(cp, ctx, api, &view).await?;
+                return Ok(Action::requeue(requeue));
+            }
+        },
+    };
+    tracing::Span::current().record("podId", row.id.as_str());
+    if let Some(v) = row.vmid {
+        tracing::Span::current().record("vmid", v);
+    }
+    let (step, scale_refused, pending) = decide_and_enqueue(cp, ctx, &row).await?;
+    // Re-read: the enqueue may have changed nothing, but the worker may have.
+    let mut conn = acquire(ctx).await?;
+    let row = rstore::pod_by_id(&mut conn, &row.id).await?.unwrap_or(row);
+    drop(conn);
+    let view = view_for(cp, Some(&row), None, scale_refused.as_ref(), pending);
+    write_status(cp, ctx, api, &view).await?;
+    Ok(match step {
+        Step::Wait | Step::Enqueue(_) => Action::requeue(ctx.settings.pending_recheck),
+        Step::Scale(_) if scale_refused.is_some() => Action::requeue(ctx.settings.refused_recheck),
+        Step::Scale(_) => Action::requeue(ctx.settings.pending_recheck),
+        Step::Idle(d) => Action::requeue(d.max(Duration::from_secs(1))),
+    })
+}
+
+async fn acquire(ctx: &Context) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+    ctx.pool
+        .acquire()
+        .await
+        .map_err(|e| Error::Store(StoreError::query("get a database connection")(e)))
+}
+
+fn view_for<'a>(
+    cp: &CloudPod,
+    row: Option<&'a PodRow>,
+    refused: Option<&'a NotAdmitted>,
+    scale_refused: Option<&'a NotAdmitted>,
+    pending: usize,
+) -> View<'a> {
+    View {
+        generation: cp.meta().generation,
+        row,
+        refused,
+        scale_refused,
+        pending,
+        deleting: cp.meta().deletion_timestamp.is_some(),
+        desired_power: cp.spec.power_state,
+    }
+}
+
+/// Writes the status unless it is unchanged; publishes the events of the change.
+async fn write_status(
+    cp: &CloudPod,
+    ctx: &Context,
+    api: &Api<CloudPod>,
+    view: &View<'_>,
+) -> Result<(), Error> {
+    let old = cp.status.as_ref();
+    let new = status::build(view, old, k8s_openapi::jiff::Timestamp::now());
+    if old == Some(&new) {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": format!("{GROUP}/v1alpha1"),
+        "kind": "CloudPod",
+        "status": new,
+    });
+    match api
+        .patch_status(
+            &cp.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => ctx.wrote("status"),
+        // Gone meanwhile (deleted and finalized): nothing to report on.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let reference = cp.object_ref(&());
+    for note in status::notes(old, &new) {
+        if ctx
+            .events
+            .publish(
+                &reference,
+                note.warning,
+                &note.reason,
+                "Reconcile",
+                &note.message,
+            )
+            .await
+        {
+            ctx.wrote("event");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves plan and blueprint; runs the admission transaction; enqueues the create.
+async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admission, Error> {
+    let spec = &cp.spec;
+    let name = cp.name_any();
+    let plan = match pstore::plan(&ctx.pool, &spec.plan_code).await? {
+        Some(p) if p.is_active => p,
+        Some(_) => {
+            return Ok(Admission::Refused(NotAdmitted::Invalid {
+                reason: "PlanRetired",
+                message: format!(
+                    "spec.planCode: plan `{}` is no longer offered; choose another plan",
+                    spec.plan_code
+                ),
+            }));
+        }
+        None => {
+            return Ok(Admission::Refused(NotAdmitted::Invalid {
+                reason: "UnknownPlan",
+                message: format!("spec.planCode: plan `{}` does not exist", spec.plan_code),
+            }));
+        }
+    };
+    match rstore::blueprint(&ctx.pool, &spec.blueprint).await? {
+        Some(b) if b.is_active => {}
+        Some(_) => {
+            return Ok(Admission::Refused(NotAdmitted::Invalid {
+                reason: "BlueprintRetired",
+                message: format!(
+                    "spec.blueprint: blueprint `{}` is no longer offered",
+                    spec.blueprint
+                ),
+            }));
+        }
+        None => {
+            return Ok(Admission::Refused(NotAdmitted::Invalid {
+                reason: "UnknownBlueprint",
+                message: format!(
+                    "spec.blueprint: blueprint `{}` does not exist",
+                    spec.blueprint
+                ),
+            }));
+        }
+    }
+    let size = plan::desired_size(&plan, spec, None);
+    // An API order whose reservation was released keeps its id (the resource's name).
+    let reuse_name = name.starts_with("pod-") && crate::proxmox::PodId::parse(&name).is_ok();
+    let pod_id = if reuse_name {
+        name.clone()
+    } else {
+        new_pod_id()
+    };
+    let new = NewPod {
+        id: pod_id,
+        tenant_id: spec.tenant_id.clone(),
+        user_id: spec.user_id.clone(),
+        plan_code: plan.code.clone(),
+        blueprint_code: spec.blueprint.clone(),
+        hostname: Some(spec.hostname.clone().unwrap_or_else(|| name.clone())),
+        cpu_cores: size.cpu_cores,
+        memory_mb: size.memory_mb,
+        disk_gb: size.disk_gb,
+        k8s_namespace: ns.to_string(),
+        k8s_name: name.clone(),
+    };
+    let mut adm = ctx.quotas.begin_admission(&spec.tenant_id).await?;
+    let check = adm
+        .check(&Requested {
+            pods: 1,
+            cpu_cores: size.cpu_cores.into(),
+            memory_mb: size.memory_mb.into(),
+            disk_gb: size.disk_gb.into(),
+        })
+        .await?;
+    if !check.allowed {
+        return Ok(Admission::Refused(NotAdmitted::Quota {
+            message: check.message.unwrap_or_else(|| "Quota exceeded".into()),
+            details: check.details,
+        }));
+    }
+    if let Some(cap) = plan.max_pods_per_tenant {
+        let on_plan = pstore::count_live_on_plan(adm.conn(), &spec.tenant_id, &plan.code).await?;
+        if on_plan >= i64::from(cap) {
+            let mut details = check.details;
+            details.error_field = Some("pods".into());
+            details.error_code = Some("PLAN_LIMIT_EXCEEDED".into());
+            return Ok(Admission::Refused(NotAdmitted::Quota {
+                message: format!(
+                    "Quota exceeded: plan `{}` allows {cap} pods per tenant",
+                    plan.code
+                ),
+                details,
+            }));
+        }
+    }
+    let revived = reuse_name && rstore::revive_released(adm.conn(), &new, uid).await?;
+    if !revived {
+        match rstore::insert_admitted(adm.conn(), &new, uid).await {
+            Ok(()) => {}
+            Err(e) if e.sqlstate().as_deref() == Some(rstore::UNIQUE_VIOLATION) => {
+                // The name is taken by another pod's row (not a released reservation):
+                // fall back to a fresh id.
+                drop(adm);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let job = queue::create_job(
+        adm.conn(),
+        &spec.tenant_id,
+        spec.user_id.as_deref(),
+        &new.id,
+        QAction::Create.job_type(),
+    )
+    .await?;
+    let payload = create_payload(cp, ctx, size).await?;
+    queue::enqueue(
+        adm.conn(),
+        &NewItem {
+            pod_id: &new.id,
+            job_id: Some(job),
+            action: QAction::Create,
+            payload,
+            max_attempts: ctx.settings.max_attempts,
+        },
+    )
+    .await?;
+    adm.commit().await?;
+    tracing::info!(podId = %new.id, "admitted");
+    let mut conn = acquire(ctx).await?;
+    let row = rstore::pod_by_id(&mut conn, &new.id)
+        .await?
+        .ok_or(Error::Malformed("the admitted row"))?;
+    Ok(Admission::Admitted(Box::new(row)))
+}
+
+fn new_pod_id() -> String {
+    let ms = chrono::Utc::now().timestamp_millis();
+    let rand = Uuid::new_v4().simple().to_string();
+    format!("pod-{ms}-{}", &rand[..8])
+}
+
+async fn create_payload(
+    cp: &CloudPod,
+    ctx: &Context,
+    size: Size,
+) -> Result<serde_json::Value, Error> {
+    let spec = &cp.spec;
+    let bp = rstore::blueprint(&ctx.pool, &spec.blueprint)
+        .await?
+        .ok_or(Error::Malformed("the blueprint"))?;
+    let ci = spec.cloud_init.clone().unwrap_or_default();
+    let profile_user = bp
+        .cloud_init_profile
+        .get("user")
+        .and_then(|u| u.as_str())
+        .map(str::to_string);
+    let p = CreatePayload {
+        size,
+        hostname: spec.hostname.clone().unwrap_or_else(|| cp.name_any()),
+        template_vmid: bp.proxmox_template_vmid,
+        template_node: bp.default_node,
+        storage: bp.storage_pool,
+        ci_user: ci.user.or(profile_user),
+        ssh_keys: ci.ssh_public_keys,
+        power_state: spec.power_state,
+        generation: cp.meta().generation.unwrap_or(0),
+    };
+    Ok(serde_json::to_value(&p).unwrap_or_default())
+}
+
+/// The job an action belongs to: the API's (annotation / `api-job-N` request) when it names
+/// a job of this pod, else a new one.
+async fn job_for(
+    conn: &mut sqlx::PgConnection,
+    row: &PodRow,
+    action: QAction,
+    api_job: Option<i64>,
+) -> Result<i64, Error> {
+    if let Some(id) = api_job {
+        let owner: Option<Option<String>> =
+            sqlx::query_scalar("SELECT pod_id FROM cloud_pod_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::query("read an API job"))?;
+        if owner.flatten().as_deref() == Some(row.id.as_str()) {
+            return Ok(id);
+        }
+    }
+    Ok(queue::create_job(
+        conn,
+        &row.tenant_id,
+        row.user_id.as_deref(),
+        &row.id,
+        action.job_type(),
+    )
+    .await?)
+}
+
+/// Decides the next step for an admitted pod and enqueues it (one transaction, the pod row
+/// locked so two decisions never race). Returns the step, a scale refusal, and how many
+/// items are unfinished.
+async fn decide_and_enqueue(
+    cp: &CloudPod,
+    ctx: &Context,
+    row: &PodRow,
+) -> Result<(Step, Option<NotAdmitted>, usize), Error> {
+    let spec = &cp.spec;
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .map_err(StoreError::query("begin a reconcile"))?;
+    sqlx::query("SELECT 1 FROM cloud_pods WHERE id = $1 FOR UPDATE")
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("lock a pod row"))?;
+    let pending = queue::pending_for_pod(&mut tx, &row.id).await?;
+    let state = PodState::from_json(&row.provisioning_state);
+    let plan_row = pstore::plan(&ctx.pool, &spec.plan_code).await?;
+    let effective = Size {
+        cpu_cores: row.cpu_cores,
+        memory_mb: row.memory_mb,
+        disk_gb: row.disk_gb,
+    };
+    let desired = match &plan_row {
+        Some(p) if state.provisioned => plan::desired_size(p, spec, Some(row.disk_gb)),
+        _ => effective,
+    };
+    let reboot_seen = match &spec.reboot_request {
+        Some(r) => queue::exists_with(&mut tx, &row.id, QAction::Reboot, "request", r).await?,
+        None => false,
+    };
+    let backup_seen = match &spec.backup_request {
+        Some(r) => queue::exists_with(&mut tx, &row.id, QAction::Backup, "request", r).await?,
+        None => false,
+    };
+    let mut since_failure = None;
+    let mut failure_outdated = false;
+    if row.status == "error" {
+        let mut latest: Option<queue::Finished> = None;
+        for a in queue::Action::ALL {
+            if let Some(f) = queue::last_finished(&mut tx, &row.id, a).await?
+                && latest
+                    .as_ref()
+                    .is_none_or(|l| f.processed_at > l.processed_at)
+            {
+                latest = Some(f);
+            }
+        }
+        if let Some(f) = latest.filter(|f| f.status == "failed") {
+            since_failure = (chrono::Utc::now() - f.processed_at).to_std().ok();
+            let planned = f.payload.get("generation").and_then(|g| g.as_i64());
+            failure_outdated = planned.is_some_and(|g| Some(g) < cp.meta().generation);
+        }
+    }
+    let since_sync = state
+        .last_sync
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        });
+    let inputs = Inputs {
+        status: &row.status,
+        effective,
+        desired,
+        state: &state,
+        has_ip: row.ip_address.is_some(),
+        spec,
+        pending: pending.len(),
+        reboot_seen,
+        backup_seen,
+        since_failure,
+        failure_outdated,
+        since_sync,
+    };
+    let pacing = Pacing {
+        sync_interval: ctx.settings.sync_interval,
+        error_retry: ctx.settings.error_retry,
+        address_retry: ctx.settings.address_retry,
+    };
+    let step = plan::next_step(&inputs, &pacing);
+    let generation = cp.meta().generation.unwrap_or(0);
+    let scale_refused = None;
+    let mut enqueued = 0;
+    let item = match &step {
+        Step::Enqueue(QAction::Create) => {
+            let size = Size {
+                cpu_cores: row.cpu_cores,
+                memory_mb: row.memory_mb,
+                disk_gb: row.disk_gb,
+            };
+            let size = match &plan_row {
+                Some(p) => plan::desired_size(p, spec, None),
+                None => size,
+            };
+            let api_job = cp
+                .annotations()
+                .get(JOB_ANNOTATION)
+                .and_then(|j| j.parse::<i64>().ok());
+            Some((
+                QAction::Create,
+                create_payload(cp, ctx, size).await?,
+                api_job,
+            ))
+        }
+        Step::Enqueue(a @ (QAction::Start | QAction::Stop | QAction::Sync)) => Some((
+            *a,
+            serde_json::to_value(PowerPayload {
+                power_state: spec.power_state,
+            })
+            .unwrap_or_default(),
+            None,
+        )),
+        Step::Enqueue(QAction::Reboot) => spec.reboot_request.as_ref().map(|r| {
+            (
+                QAction::Reboot,
+                json!(RequestPayload { request: r.clone() }),
+                None,
+            )
+        }),
+        Step::Enqueue(QAction::Backup) => spec.backup_request.as_ref().map(|r| {
+            let api_job = r.strip_prefix("api-job-").and_then(|n| n.parse().ok());
+            (
+                QAction::Backup,
+                json!(RequestPayload { request: r.clone() }),
+                api_job,
+            )
+        }),
+        Step::Enqueue(QAction::Destroy | QAction::Scale) | Step::Wait | Step::Idle(_) => None,
+        Step::Scale(size) => {
+            // Admission takes the tenant's lock before the pod's: release ours first.
+            tx.rollback()
+                .await
+                .map_err(StoreError::query("end a reconcile"))?;
+            return match admit_scale(ctx, row, *size, generation).await? {
+                Ok(enqueued) => Ok((step, None, pending.len() + usize::from(enqueued))),
+                Err(why) => Ok((step, Some(why), pending.len())),
+            };
+        }
+    };
+    if let Some((action, payload, api_job)) = item {
+        let job = job_for(&mut tx, row, action, api_job).await?;
+        queue::enqueue(
+            &mut tx,
+            &NewItem {
+                pod_id: &row.id,
+                job_id: Some(job),
+                action,
+                payload,
+                max_attempts: ctx.settings.max_attempts,
+            },
+        )
+        .await?;
+        enqueued = 1;
+        tracing::info!(action = action.as_str(), "enqueued");
+    }
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit a reconcile"))?;
+    Ok((step, scale_refused, pending.len() + enqueued))
+}
+
+/// Admits a scale's growth under the tenant's lock, reserves the new size and enqueues the
+/// scale, all in the admission transaction. `Ok(false)`: another decision got there first.
+async fn admit_scale(
+    ctx: &Context,
+    row: &PodRow,
+    desired: Size,
+    generation: i64,
+) -> Result<Result<bool, NotAdmitted>, Error> {
+    let mut adm = ctx.quotas.begin_admission(&row.tenant_id).await?;
+    let row = match rstore::pod_by_id_locked(adm.conn(), &row.id).await? {
+        Some(r) if r.deleted_at.is_none() => r,
+        _ => return Ok(Ok(false)),
+    };
+    if !queue::pending_for_pod(adm.conn(), &row.id)
+        .await?
+        .is_empty()
+    {
+        return Ok(Ok(false));
+    }
+    let held = Size {
+        cpu_cores: row.cpu_cores.max(row.reserved_cpu_cores.unwrap_or(0)),
+        memory_mb: row.memory_mb.max(row.reserved_memory_mb.unwrap_or(0)),
+        disk_gb: row.disk_gb.max(row.reserved_disk_gb.unwrap_or(0)),
+    };
+    let already = row.reserved_cpu_cores.unwrap_or(row.cpu_cores) == desired.cpu_cores
+        && row.reserved_memory_mb.unwrap_or(row.memory_mb) == desired.memory_mb
+        && row.reserved_disk_gb.unwrap_or(row.disk_gb) == desired.disk_gb;
+    if !already {
+        let g = plan::growth(desired, held);
+        let check = adm
+            .check(&Requested {
+                pods: 0,
+                cpu_cores: g.cpu_cores.into(),
+                memory_mb: g.memory_mb.into(),
+                disk_gb: g.disk_gb.into(),
+            })
+            .await?;
+        if !check.allowed {
+            return Ok(Err(NotAdmitted::Quota {
+                message: check.message.unwrap_or_else(|| "Quota exceeded".into()),
+                details: check.details,
+            }));
+        }
+        pstore::reserve_resources(
+            adm.conn(),
+            &row.id,
+            desired.cpu_cores,
+            desired.memory_mb,
+            desired.disk_gb,
+        )
+        .await?;
+    }
+    let job = job_for(adm.conn(), &row, QAction::Scale, None).await?;
+    queue::enqueue(
+        adm.conn(),
+        &NewItem {
+            pod_id: &row.id,
+            job_id: Some(job),
+            action: QAction::Scale,
+            payload: serde_json::to_value(ScalePayload {
+                size: desired,
+                generation,
+            })
+            .unwrap_or_default(),
+            max_attempts: ctx.settings.max_attempts,
+        },
+    )
+    .await?;
+    adm.commit().await?;
+    tracing::info!(?desired, "scale admitted and enqueued");
+    Ok(Ok(true))
+}
+
+/// Deletion: destroy through the worker, then release the finalizer.
+async fn cleanup(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<Action, Error> {
+    if !cp.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let uid = uid_of(cp)?;
+    let ns = cp.namespace().unwrap_or_default();
+    let mut conn = acquire(ctx).await?;
+    let row = rstore::find_for_resource(&mut conn, uid, &ns, &cp.name_any()).await?;
+    drop(conn);
+    let row = match row {
+        Some(r) if r.deleted_at.is_none() => r,
+        // Never admitted, or already destroyed: nothing holds the finalizer.
+        other => {
+            remove_finalizer(cp, ctx, api).await?;
+            tracing::info!(
+                podId = other.as_ref().map(|r| r.id.as_str()),
+                "finalizer removed"
+            );
+            ctx.requeue_refused(&cp.spec.tenant_id);
+            return Ok(Action::await_change());
+        }
+    };
+    tracing::Span::current().record("podId", row.id.as_str());
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .map_err(StoreError::query("begin a deletion"))?;
+    sqlx::query("SELECT 1 FROM cloud_pods WHERE id = $1 FOR UPDATE")
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("lock a pod row"))?;
+    let pending = queue::pending_for_pod(&mut tx, &row.id).await?;
+    let destroy_pending = pending.iter().any(|p| p.action == QAction::Destroy);
+    let mut requeue = ctx.settings.pending_recheck;
+    if !destroy_pending {
+        let last = queue::last_finished(&mut tx, &row.id, QAction::Destroy).await?;
+        let wait = match last.filter(|l| l.status == "failed") {
+            Some(l) => {
+                let since = (chrono::Utc::now() - l.processed_at)
+                    .to_std()
+                    .unwrap_or_default();
+                ctx.settings.error_retry.saturating_sub(since)
+            }
+            None => Duration::ZERO,
+        };
+        if wait.is_zero() {
+            rstore::mark_deleting(&mut tx, &row.id).await?;
+            let job = job_for(&mut tx, &row, QAction::Destroy, None).await?;
+            queue::enqueue(
+                &mut tx,
+                &NewItem {
+                    pod_id: &row.id,
+                    job_id: Some(job),
+                    action: QAction::Destroy,
+                    payload: json!({}),
+                    max_attempts: ctx.settings.max_attempts,
+                },
+            )
+            .await?;
+            tracing::info!("destroy enqueued");
+        } else {
+            requeue = wait;
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit a deletion"))?;
+    let mut conn = acquire(ctx).await?;
+    let row = rstore::pod_by_id(&mut conn, &row.id).await?.unwrap_or(row);
+    drop(conn);
+    let view = view_for(cp, Some(&row), None, None, pending.len().max(1));
+    write_status(cp, ctx, api, &view).await?;
+    Ok(Action::requeue(requeue))
+}
