@@ -170,3 +170,389 @@ async fn a_cloudpod_goes_active_scales_reboots_backs_up_stops_and_is_destroyed()
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
 }
+
+fn admitted(cp: &CloudPod) -> Option<bool> {
+    condition(cp, "QuotaAdmitted").map(|(s, _)| s == "True")
+}
+
+async fn live_rows(env: &OpEnv, tenant: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM cloud_pods WHERE tenant_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(tenant)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// Lists the test's CloudPods until `pred` holds for the whole list.
+async fn wait_all(
+    env: &OpEnv,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&[CloudPod]) -> bool,
+) -> Vec<CloudPod> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let list = env
+            .pods
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items;
+        if pred(&list) {
+            return list;
+        }
+        if std::time::Instant::now() > deadline {
+            let summary: Vec<_> = list
+                .iter()
+                .map(|c| (c.name_any(), phase(c), admitted(c)))
+                .collect();
+            panic!("not {what} after {within:?}: {summary:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_cloudpods_against_max_pods_3_admit_exactly_3_then_2_more_after_2_deletes()
+{
+    let env = OpEnv::start().await;
+    let tenant = format!("race-{}", &env.id[3..]);
+    env.set_quota(&tenant, 3, 1000, 10_000_000, 10_000_000)
+        .await;
+    // The mirror lands before the pods come (the API and the controller admit against it).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let n: Option<i32> =
+            sqlx::query_scalar("SELECT max_pods FROM cloud_pod_quotas WHERE tenant_id = $1")
+                .bind(&tenant)
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap();
+        if n == Some(3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TenantQuota not mirrored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let creates = (0..50).map(|i| {
+        let cp = env.cloudpod(&format!("p{i:02}"), &tenant, "starter");
+        let api = env.pods.clone();
+        async move { api.create(&Default::default(), &cp).await.expect("create") }
+    });
+    futures::future::join_all(creates).await;
+    let list = wait_all(&env, Duration::from_secs(120), "all decided", |l| {
+        l.len() == 50 && l.iter().all(|c| admitted(c).is_some())
+    })
+    .await;
+    let yes: Vec<_> = list.iter().filter(|c| admitted(c) == Some(true)).collect();
+    assert_eq!(yes.len(), 3, "exactly 3 admitted");
+    for c in list.iter().filter(|c| admitted(c) == Some(false)) {
+        let q = c
+            .status
+            .as_ref()
+            .and_then(|s| s.quota.clone())
+            .expect("quota details");
+        assert_eq!((q.max_pods, q.current_pods, q.requested_pods), (3, 3, 1));
+        assert_eq!(q.error_code.as_deref(), Some("POD_LIMIT_EXCEEDED"));
+        assert_eq!(q.error_field.as_deref(), Some("pods"));
+        assert_eq!(phase(c), Some(Phase::Pending));
+    }
+    assert_eq!(live_rows(&env, &tenant).await, 3);
+
+    let gone: Vec<String> = yes.iter().take(2).map(|c| c.name_any()).collect();
+    for name in &gone {
+        env.delete(name).await;
+    }
+    for name in &gone {
+        env.wait_gone(name, T).await;
+    }
+    let list = wait_all(&env, T, "two more admitted", |l| {
+        l.len() == 48 && l.iter().filter(|c| admitted(c) == Some(true)).count() == 3
+    })
+    .await;
+    assert_eq!(list.iter().filter(|c| admitted(c) == Some(true)).count(), 3);
+    assert_eq!(
+        live_rows(&env, &tenant).await,
+        3,
+        "never more than the quota"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_ordered_through_the_api_is_adopted_not_admitted_twice() {
+    use cloudpods::store::pods::{self as pstore, NewJob, NewPod};
+    let env = OpEnv::start().await;
+    let tenant = format!("api-{}", &env.id[3..]);
+    let pod_id = format!("pod-{}", &env.id[3..]);
+    // What the API's order transaction records.
+    let mut tx = env.pool.begin().await.unwrap();
+    pstore::insert_pending_pod(
+        &mut tx,
+        &NewPod {
+            id: pod_id.clone(),
+            tenant_id: tenant.clone(),
+            user_id: Some("u-1".into()),
+            plan_code: "starter".into(),
+            blueprint_code: "ubuntu-24-minimal".into(),
+            hostname: Some(pod_id.clone()),
+            cpu_cores: 1,
+            memory_mb: 2048,
+            disk_gb: 40,
+            k8s_namespace: env.ns.clone(),
+            k8s_name: pod_id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let job = pstore::insert_job(
+        &mut tx,
+        &NewJob {
+            tenant_id: &tenant,
+            user_id: Some("u-1"),
+            pod_id: &pod_id,
+            job_type: "provision",
+            idempotency_key: None,
+            request: "{}",
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut cp = env.cloudpod(&pod_id, &tenant, "starter");
+    cp.metadata.annotations =
+        Some([(cloudpods::api::JOB_ANNOTATION.to_string(), job.to_string())].into());
+    let created = env.create(&cp).await;
+    let cp = env
+        .wait_pod(&pod_id, T, "Ready", |c| {
+            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    assert_eq!(
+        cp.status.as_ref().and_then(|s| s.pod_id.clone()),
+        Some(pod_id.clone())
+    );
+    let (uid, rows): (Option<uuid::Uuid>, i64) = sqlx::query_as(
+        "SELECT (SELECT k8s_uid FROM cloud_pods WHERE id = $1), \
+         (SELECT count(*) FROM cloud_pods WHERE tenant_id = $2)",
+    )
+    .bind(&pod_id)
+    .bind(&tenant)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(uid.map(|u| u.to_string()), created.metadata.uid);
+    assert_eq!(rows, 1, "no second admission");
+    let (item_job, job_status): (Option<i64>, String) = sqlx::query_as(
+        "SELECT q.job_id, j.status FROM cloud_pod_queue q JOIN cloud_pod_jobs j ON j.id = q.job_id \
+         WHERE q.pod_id = $1 AND q.action = 'create'",
+    )
+    .bind(&pod_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((item_job, job_status.as_str()), (Some(job), "success"));
+}
+
+#[tokio::test]
+async fn drift_is_corrected_and_a_vanished_vm_is_reported() {
+    use cloudpods::proxmox::{NodeName, Proxmox, RunStatus, Vmid};
+    let mut opts = common::operator::Options::default();
+    opts.controller.sync_interval = Duration::from_secs(1);
+    let env = OpEnv::start_with(opts).await;
+    let tenant = format!("d-{}", &env.id[3..]);
+    env.create(&env.cloudpod("drifty", &tenant, "starter"))
+        .await;
+    let cp = env
+        .wait_pod("drifty", T, "Ready", |c| {
+            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    let st = cp.status.unwrap();
+    let node = NodeName::parse(st.node.as_deref().unwrap()).unwrap();
+    let vmid = Vmid::new(st.vmid.unwrap() as u32).unwrap();
+    let ssh = env.pve.ssh(&node).unwrap();
+    let run = |cmd: String| async move {
+        let out = ssh
+            .exec(&cmd, None, Duration::from_secs(20))
+            .await
+            .expect("ssh");
+        assert_eq!(out.exit_status, Some(0), "{cmd}: {}", out.stderr_lossy());
+    };
+    // Stopped and resized behind the operator's back.
+    run(format!("qm stop {vmid}")).await;
+    run(format!("qm set {vmid} --cores 3")).await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let status = env.pve.status(&node, vmid).await.unwrap();
+        let cfg = env.pve.config(&node, vmid).await.unwrap();
+        if status.status == RunStatus::Running && cfg.cores == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "drift not corrected: {status:?} {cfg:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Destroyed behind its back: an error with a clear message, nothing recreated silently.
+    run(format!("qm stop {vmid} && qm destroy {vmid}")).await;
+    let cp = env
+        .wait_pod("drifty", T, "in error", |c| phase(c) == Some(Phase::Error))
+        .await;
+    let msg = cp.status.unwrap().last_error.unwrap_or_default();
+    assert!(msg.contains("no longer exists"), "{msg}");
+    // Deleting it still works (the VM is already gone).
+    env.delete("drifty").await;
+    env.wait_gone("drifty", T).await;
+}
+
+#[tokio::test]
+async fn orphan_vms_are_reported_never_destroyed() {
+    use cloudpods::proxmox::{
+        CloneMode, CloneSpec, DnsName, JobId, NodeName, OwnershipMarker, PodId, Proxmox, TenantId,
+        Vmid,
+    };
+    let env = OpEnv::start().await;
+    let node = NodeName::parse("pve1").unwrap();
+    let marker = OwnershipMarker::new(
+        PodId::parse("pod-ghost").unwrap(),
+        TenantId::parse("nobody").unwrap(),
+    );
+    let vmid = Vmid::new(4242).unwrap();
+    env.pve
+        .clone_vm(
+            &node,
+            &JobId::parse("ghost-clone").unwrap(),
+            &CloneSpec {
+                source: Vmid::new(9000).unwrap(),
+                target: vmid,
+                mode: CloneMode::Linked,
+                name: DnsName::label("ghost").unwrap(),
+                description: marker.description(None).unwrap(),
+                target_node: None,
+            },
+        )
+        .await
+        .unwrap();
+    env.pve.set_tags(&node, vmid, &marker.tags()).await.unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while !env
+        .metrics()
+        .await
+        .contains("cloudpods_orphan_vms{node=\"pve1\"} 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "orphan not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        env.pve.status(&node, vmid).await.is_ok(),
+        "the orphan is left alone"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_plan_is_reported_once_without_a_retry_storm() {
+    let env = OpEnv::start().await;
+    let tenant = format!("u-{}", &env.id[3..]);
+    env.create(&env.cloudpod("nope", &tenant, "gold")).await;
+    let cp = env
+        .wait_pod("nope", T, "refused", |c| phase(c) == Some(Phase::Error))
+        .await;
+    assert_eq!(
+        condition(&cp, "Ready").map(|c| c.1),
+        Some("UnknownPlan".into())
+    );
+    assert!(
+        cp.status
+            .unwrap()
+            .last_error
+            .unwrap()
+            .contains("spec.planCode")
+    );
+    let count = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| {
+                l.starts_with("cloudpods_reconcile_total{controller=\"cloudpod\",result=\"ok\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = count(&env.metrics().await);
+    // A settled refusal waits for a change; watch for a while that nothing spins.
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < quiet_until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = count(&env.metrics().await);
+    assert!(
+        after - before <= 1,
+        "reconciles kept running: {before} -> {after}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cloud_pods")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    // Fixing the spec admits it.
+    patch_spec(&env, "nope", json!({ "planCode": "student" })).await;
+    env.wait_pod("nope", T, "Ready", |c| {
+        condition(c, "Ready").is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenant_quota_is_mirrored_and_reports_usage() {
+    use cloudpods::crd::TenantQuota;
+    let env = OpEnv::start().await;
+    let tenant = format!("q-{}", &env.id[3..]);
+    env.set_quota(&tenant, 5, 10, 20480, 500).await;
+    let tqs: kube::Api<TenantQuota> = kube::Api::all(env.client.clone());
+    let wait_usage = |pods: i64| {
+        let tqs = tqs.clone();
+        let tenant = tenant.clone();
+        async move {
+            let deadline = std::time::Instant::now() + T;
+            loop {
+                let tq = tqs.get(&tenant).await.unwrap();
+                if tq
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.usage)
+                    .is_some_and(|u| u.pods == pods)
+                {
+                    return tq;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "usage never {pods}: {:?}",
+                    tq.status
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let tq = wait_usage(0).await;
+    assert_eq!(
+        tq.status.unwrap().observed_generation,
+        tq.metadata.generation
+    );
+    let row: (i32, i32, i32, i32) = sqlx::query_as(
+        "SELECT max_pods, max_cpu_cores, max_memory_mb, max_disk_gb FROM cloud_pod_quotas WHERE tenant_id = $1",
+    )
+    .bind(&tenant)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(row, (5, 10, 20480, 500));
+    env.create(&env.cloudpod("one", &tenant, "premium")).await;
+    let tq = wait_usage(1).await;
+    let u = tq.status.unwrap().usage.unwrap();
+    assert_eq!((u.cpu_cores, u.memory_mb, u.disk_gb), (2, 4096, 80));
+}

@@ -328,7 +328,8 @@ async fn reserve_vmid<P: Proxmox>(
             .map_err(StoreError::query("get a connection"))?;
         match rstore::update_pod(&mut conn, &row.id, &update, Some(&item.lease)).await? {
             Fenced::Applied => {
-                tracing::info!(%node, vmid = vmid.get(), "VMID reserved");
+                tracing::Span::current().record("vmid", vmid_i32(vmid));
+                tracing::info!(%node, "VMID reserved");
                 return Ok((node, vmid));
             }
             Fenced::VmidTaken => continue,
