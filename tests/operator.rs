@@ -556,3 +556,30 @@ async fn tenant_quota_is_mirrored_and_reports_usage() {
     let u = tq.status.unwrap().usage.unwrap();
     assert_eq!((u.cpu_cores, u.memory_mb, u.disk_gb), (2, 4096, 80));
 }
+
+#[tokio::test]
+async fn quota_rows_of_deleted_tenant_quotas_are_pruned_after_a_grace_period() {
+    let (pool, _db) = common::db::migrated_db().await;
+    for t in ["kept", "gone"] {
+        sqlx::query(
+            "INSERT INTO cloud_pod_quotas (tenant_id, max_pods, max_cpu_cores, max_memory_mb, max_disk_gb) \
+             VALUES ($1, 1, 1, 1, 1)",
+        )
+        .bind(t)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let keep = vec!["kept".to_string()];
+    let fresh = cloudpods::store::reconcile::prune_quotas(&pool, &keep, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        fresh.is_empty(),
+        "rows younger than the grace period stay: {fresh:?}"
+    );
+    let gone = cloudpods::store::reconcile::prune_quotas(&pool, &keep, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(gone, vec!["gone".to_string()]);
+}
