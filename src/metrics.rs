@@ -166,21 +166,40 @@ impl CounterVec {
 
     /// The current value (0 for an unseen series).
     pub fn get(&self, labels: &[&str]) -> u64 {
-        let key = self.0.key(labels);
-        self.0
-            .values
+        self.0.value(labels)
+    }
+}
+
+/// A plain value series type: its Prometheus TYPE word.
+trait Scalar: Copy + Default + std::fmt::Display + Send + 'static {
+    const TYPE: &'static str;
+}
+
+impl Scalar for u64 {
+    const TYPE: &'static str = "counter";
+}
+
+impl Scalar for f64 {
+    const TYPE: &'static str = "gauge";
+}
+
+impl<V: Scalar> Inner<V> {
+    /// The current value of one series (the default for an unseen one).
+    fn value(&self, labels: &[&str]) -> V {
+        let key = self.key(labels);
+        self.values
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 
-impl Family for Inner<u64> {
+impl<V: Scalar> Family for Inner<V> {
     fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} counter", self.name);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, V::TYPE);
         for (key, v) in self
             .values
             .lock()
@@ -209,29 +228,7 @@ impl GaugeVec {
 
     /// The current value (0 for an unseen series).
     pub fn get(&self, labels: &[&str]) -> f64 {
-        let key = self.0.key(labels);
-        self.0
-            .values
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .copied()
-            .unwrap_or(0.0)
-    }
-}
-
-impl Family for Inner<f64> {
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} gauge", self.name);
-        for (key, v) in self
-            .values
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(out, "{}{} {v}", self.name, self.label_text(key, None));
-        }
+        self.0.value(labels)
     }
 }
 

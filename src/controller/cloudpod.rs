@@ -357,7 +357,7 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
     }
     let revived = reuse_name && rstore::revive_released(adm.conn(), &new, uid).await?;
     if !revived {
-        match rstore::insert_admitted(adm.conn(), &new, uid).await {
+        match pstore::insert_pod(adm.conn(), &new, Some(uid)).await {
             Ok(()) => {}
             Err(e) if e.sqlstate().as_deref() == Some(rstore::UNIQUE_VIOLATION) => {
                 // The name is taken by another pod's row (not a released reservation):
@@ -461,6 +461,46 @@ async fn job_for(
     .await?)
 }
 
+/// A transaction holding the pod row's lock (taken after any tenant lock, never before).
+async fn begin_locked(
+    ctx: &Context,
+    id: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .map_err(StoreError::query("begin a reconcile"))?;
+    rstore::pod_by_id_locked(&mut tx, id).await?;
+    Ok(tx)
+}
+
+/// Enqueues `action` for the pod, in the job named by the API (when it is this pod's) or a
+/// new one.
+async fn enqueue(
+    conn: &mut sqlx::PgConnection,
+    ctx: &Context,
+    row: &PodRow,
+    action: QAction,
+    payload: serde_json::Value,
+    api_job: Option<i64>,
+) -> Result<(), Error> {
+    let job = job_for(conn, row, action, api_job).await?;
+    queue::enqueue(
+        conn,
+        &NewItem {
+            pod_id: &row.id,
+            job_id: Some(job),
+            action,
+            payload,
+            max_attempts: ctx.settings.max_attempts,
+        },
+    )
+    .await?;
+    tracing::info!(action = action.as_str(), "enqueued");
+    Ok(())
+}
+
 /// Decides the next step for an admitted pod and enqueues it (one transaction, the pod row
 /// locked so two decisions never race). Returns the step, a scale refusal, and how many
 /// items are unfinished.
@@ -470,16 +510,7 @@ async fn decide_and_enqueue(
     row: &PodRow,
 ) -> Result<(Step, Option<NotAdmitted>, usize), Error> {
     let spec = &cp.spec;
-    let mut tx = ctx
-        .pool
-        .begin()
-        .await
-        .map_err(StoreError::query("begin a reconcile"))?;
-    sqlx::query("SELECT 1 FROM cloud_pods WHERE id = $1 FOR UPDATE")
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("lock a pod row"))?;
+    let mut tx = begin_locked(ctx, &row.id).await?;
     let pending = queue::pending_for_pod(&mut tx, &row.id).await?;
     let state = PodState::from_json(&row.provisioning_state);
     let plan_row = pstore::plan(&ctx.pool, &spec.plan_code).await?;
@@ -608,20 +639,8 @@ async fn decide_and_enqueue(
         }
     };
     if let Some((action, payload, api_job)) = item {
-        let job = job_for(&mut tx, row, action, api_job).await?;
-        queue::enqueue(
-            &mut tx,
-            &NewItem {
-                pod_id: &row.id,
-                job_id: Some(job),
-                action,
-                payload,
-                max_attempts: ctx.settings.max_attempts,
-            },
-        )
-        .await?;
+        enqueue(&mut tx, ctx, row, action, payload, api_job).await?;
         enqueued = 1;
-        tracing::info!(action = action.as_str(), "enqueued");
     }
     tx.commit()
         .await
@@ -681,22 +700,12 @@ async fn admit_scale(
         )
         .await?;
     }
-    let job = job_for(adm.conn(), &row, QAction::Scale, None).await?;
-    queue::enqueue(
-        adm.conn(),
-        &NewItem {
-            pod_id: &row.id,
-            job_id: Some(job),
-            action: QAction::Scale,
-            payload: serde_json::to_value(ScalePayload {
-                size: desired,
-                generation,
-            })
-            .unwrap_or_default(),
-            max_attempts: ctx.settings.max_attempts,
-        },
-    )
-    .await?;
+    let payload = serde_json::to_value(ScalePayload {
+        size: desired,
+        generation,
+    })
+    .unwrap_or_default();
+    enqueue(adm.conn(), ctx, &row, QAction::Scale, payload, None).await?;
     adm.commit().await?;
     tracing::info!(?desired, "scale admitted and enqueued");
     Ok(Ok(true))
@@ -726,16 +735,7 @@ async fn cleanup(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<Ac
         }
     };
     tracing::Span::current().record("podId", row.id.as_str());
-    let mut tx = ctx
-        .pool
-        .begin()
-        .await
-        .map_err(StoreError::query("begin a deletion"))?;
-    sqlx::query("SELECT 1 FROM cloud_pods WHERE id = $1 FOR UPDATE")
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("lock a pod row"))?;
+    let mut tx = begin_locked(ctx, &row.id).await?;
     let pending = queue::pending_for_pod(&mut tx, &row.id).await?;
     let destroy_pending = pending.iter().any(|p| p.action == QAction::Destroy);
     let mut requeue = ctx.settings.pending_recheck;
@@ -752,19 +752,7 @@ async fn cleanup(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<Ac
         };
         if wait.is_zero() {
             rstore::mark_deleting(&mut tx, &row.id).await?;
-            let job = job_for(&mut tx, &row, QAction::Destroy, None).await?;
-            queue::enqueue(
-                &mut tx,
-                &NewItem {
-                    pod_id: &row.id,
-                    job_id: Some(job),
-                    action: QAction::Destroy,
-                    payload: json!({}),
-                    max_attempts: ctx.settings.max_attempts,
-                },
-            )
-            .await?;
-            tracing::info!("destroy enqueued");
+            enqueue(&mut tx, ctx, &row, QAction::Destroy, json!({}), None).await?;
         } else {
             requeue = wait;
         }

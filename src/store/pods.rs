@@ -237,10 +237,19 @@ pub async fn list_pods(
 
 /// Inserts a pending pod (inside the admission transaction).
 pub async fn insert_pending_pod(conn: &mut PgConnection, pod: &NewPod) -> Result<(), StoreError> {
+    insert_pod(conn, pod, None).await
+}
+
+/// Inserts a `pending` pod, with the CloudPod's uid when the resource exists already.
+pub async fn insert_pod(
+    conn: &mut PgConnection,
+    pod: &NewPod,
+    uid: Option<Uuid>,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO cloud_pods (id, tenant_id, user_id, plan_code, blueprint_code, hostname, \
-         cpu_cores, memory_mb, disk_gb, k8s_namespace, k8s_name, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending')",
+         cpu_cores, memory_mb, disk_gb, k8s_namespace, k8s_name, k8s_uid, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending')",
     )
     .bind(&pod.id)
     .bind(&pod.tenant_id)
@@ -253,6 +262,7 @@ pub async fn insert_pending_pod(conn: &mut PgConnection, pod: &NewPod) -> Result
     .bind(pod.disk_gb)
     .bind(&pod.k8s_namespace)
     .bind(&pod.k8s_name)
+    .bind(uid)
     .execute(conn)
     .await
     .map_err(StoreError::query(format!("reserve pod `{}`", pod.id)))?;

@@ -43,13 +43,7 @@ pub async fn find_for_resource(
 
 /// A pod row by id.
 pub async fn pod_by_id(conn: &mut PgConnection, id: &str) -> Result<Option<PodRow>, StoreError> {
-    sqlx::query_as::<_, PodRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {POD_COLUMNS} FROM cloud_pods WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-    .map_err(StoreError::query(format!("read pod `{id}`")))
+    pod_row(conn, id, "").await
 }
 
 /// A pod row by id, locked for the rest of the transaction.
@@ -57,13 +51,21 @@ pub async fn pod_by_id_locked(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<PodRow>, StoreError> {
+    pod_row(conn, id, " FOR UPDATE").await
+}
+
+async fn pod_row(
+    conn: &mut PgConnection,
+    id: &str,
+    lock: &str,
+) -> Result<Option<PodRow>, StoreError> {
     sqlx::query_as::<_, PodRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {POD_COLUMNS} FROM cloud_pods WHERE id = $1 FOR UPDATE"
+        "SELECT {POD_COLUMNS} FROM cloud_pods WHERE id = $1{lock}"
     )))
     .bind(id)
     .fetch_optional(conn)
     .await
-    .map_err(StoreError::query(format!("lock pod `{id}`")))
+    .map_err(StoreError::query(format!("read pod `{id}`")))
 }
 
 /// Where a pod's CloudPod lives: `(namespace, name)`.
@@ -73,35 +75,6 @@ pub async fn pod_location(pool: &PgPool, id: &str) -> Result<Option<(String, Str
         .fetch_optional(pool)
         .await
         .map_err(StoreError::query(format!("locate pod `{id}`")))
-}
-
-/// Inserts an admitted pod (inside the admission transaction), with the CloudPod's uid.
-pub async fn insert_admitted(
-    conn: &mut PgConnection,
-    pod: &NewPod,
-    uid: Uuid,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO cloud_pods (id, tenant_id, user_id, plan_code, blueprint_code, hostname, \
-         cpu_cores, memory_mb, disk_gb, k8s_namespace, k8s_name, k8s_uid, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending')",
-    )
-    .bind(&pod.id)
-    .bind(&pod.tenant_id)
-    .bind(&pod.user_id)
-    .bind(&pod.plan_code)
-    .bind(&pod.blueprint_code)
-    .bind(&pod.hostname)
-    .bind(pod.cpu_cores)
-    .bind(pod.memory_mb)
-    .bind(pod.disk_gb)
-    .bind(&pod.k8s_namespace)
-    .bind(&pod.k8s_name)
-    .bind(uid)
-    .execute(conn)
-    .await
-    .map_err(StoreError::query(format!("admit pod `{}`", pod.id)))?;
-    Ok(())
 }
 
 /// Re-admits a released reservation that never got a VM (an API order whose reservation was

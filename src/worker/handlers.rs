@@ -396,6 +396,14 @@ async fn release_vmid<P>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Result<(
     .await
 }
 
+/// True when the VM's description carries exactly this pod's marker.
+fn carries(cfg: &crate::proxmox::VmConfig, marker: &OwnershipMarker) -> bool {
+    cfg.description
+        .as_deref()
+        .and_then(OwnershipMarker::find_in)
+        .is_some_and(|m| m == *marker)
+}
+
 /// Removes a VM at `vmid` if it carries this pod's marker (a half-made clone).
 async fn discard<P: Proxmox>(
     ctx: &Ctx<P>,
@@ -405,12 +413,7 @@ async fn discard<P: Proxmox>(
 ) -> Result<(), JobError> {
     match ctx.pve.config(node, vmid).await {
         Ok(cfg) => {
-            let ours = cfg
-                .description
-                .as_deref()
-                .and_then(OwnershipMarker::find_in)
-                .is_some_and(|m| m == *marker);
-            if !ours {
+            if !carries(&cfg, marker) {
                 return Ok(());
             }
             if cfg.lock.is_some() {
@@ -473,12 +476,7 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
             Err(e) if e.is_vm_not_found() => "already gone",
             Err(e) => return Err(e.into()),
             Ok(cfg) => {
-                let ours = cfg
-                    .description
-                    .as_deref()
-                    .and_then(OwnershipMarker::find_in)
-                    .is_some_and(|m| m == marker);
-                if !ours {
+                if !carries(&cfg, &marker) {
                     // Never destroy a guest that is not this pod's (a clone that never ran
                     // leaves the VMID to whoever took it).
                     tracing::warn!(%node, vmid = vmid.get(), "the guest at this VMID is not ours; leaving it");
