@@ -10,7 +10,7 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use cloudpods::proxmox::driver::{DriverSettings, RetryPolicy};
+use cloudpods::proxmox::driver::DriverSettings;
 use cloudpods::proxmox::{
     Applied, BackupSpec, BackupVolid, CiUser, CloneSpec, CloudInitSpec, Cores, Description,
     Destroyed, DiskId, IpConfig, LockKind, MemoryMib, Missing, Nameservers, NodeName,
@@ -25,19 +25,7 @@ const T: Duration = Duration::from_secs(20);
 
 /// Fast polling, short retries: tests should not wait on production pacing.
 fn test_settings() -> DriverSettings {
-    DriverSettings {
-        read_timeout: Duration::from_secs(15),
-        action_timeout: Duration::from_secs(30),
-        job_deadline: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(50),
-        max_poll_interval: Duration::from_millis(300),
-        retry: RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(500),
-        },
-        ..DriverSettings::default()
-    }
+    common::proxmox::fast_settings()
 }
 
 /// A private sshd with node `pve1` and a driver for it with [`test_settings`].

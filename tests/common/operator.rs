@@ -9,7 +9,7 @@ use cloudpods::controller::ControllerSettings;
 use cloudpods::crd::{CloudPod, CloudPodSpec, PowerState, TenantQuota, TenantQuotaSpec};
 use cloudpods::metrics::Registry;
 use cloudpods::operator::{self, Parts, Running};
-use cloudpods::proxmox::driver::{DriverSettings, RetryPolicy, SshProxmox};
+use cloudpods::proxmox::driver::{DriverSettings, SshProxmox};
 use cloudpods::proxmox::ssh::SshNode;
 use cloudpods::proxmox::{NodeName, RemoteDir};
 use cloudpods::queue::Backoff;
@@ -31,20 +31,11 @@ fn crds_once() {
     DONE.get_or_init(ensure_crds);
 }
 
-/// Driver settings for tests: quick polls, short retries.
+/// Driver settings for tests: quick polls, short retries, room for slow clones.
 pub fn fast_driver() -> DriverSettings {
     DriverSettings {
-        read_timeout: Duration::from_secs(15),
-        action_timeout: Duration::from_secs(30),
         job_deadline: Duration::from_secs(120),
-        poll_interval: Duration::from_millis(50),
-        max_poll_interval: Duration::from_millis(300),
-        retry: RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(500),
-        },
-        ..DriverSettings::default()
+        ..super::proxmox::fast_settings()
     }
 }
 

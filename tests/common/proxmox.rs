@@ -17,6 +17,24 @@ use super::ssh::PrivateSshd;
 /// The template every fresh simulated node has.
 pub const TEMPLATE: u32 = 9000;
 
+/// Fast polling, short retries: tests should not wait on production pacing.
+pub fn fast_settings() -> cloudpods::proxmox::driver::DriverSettings {
+    use cloudpods::proxmox::driver::RetryPolicy;
+    DriverSettings {
+        read_timeout: Duration::from_secs(15),
+        action_timeout: Duration::from_secs(30),
+        job_deadline: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(50),
+        max_poll_interval: Duration::from_millis(300),
+        retry: RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+        },
+        ..DriverSettings::default()
+    }
+}
+
 /// The one node of a [`PveEnv`].
 pub fn node() -> NodeName {
     NodeName::parse("pve1").expect("node")
