@@ -283,7 +283,10 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
             }));
         }
     };
-    match rstore::blueprint(&ctx.pool, &spec.blueprint).await? {
+    // Catalog reads happen before any transaction: a pooled connection is never held while
+    // asking the pool for another one.
+    let bp = rstore::blueprint(&ctx.pool, &spec.blueprint).await?;
+    match &bp {
         Some(b) if b.is_active => {}
         Some(_) => {
             return Ok(Admission::Refused(NotAdmitted::Invalid {
@@ -376,7 +379,7 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
         QAction::Create.job_type(),
     )
     .await?;
-    let payload = create_payload(cp, ctx, size).await?;
+    let payload = create_payload(cp, bp, size)?;
     queue::enqueue(
         adm.conn(),
         &NewItem {
@@ -403,15 +406,13 @@ fn new_pod_id() -> String {
     format!("pod-{ms}-{}", &rand[..8])
 }
 
-async fn create_payload(
+fn create_payload(
     cp: &CloudPod,
-    ctx: &Context,
+    bp: Option<rstore::BlueprintRow>,
     size: Size,
 ) -> Result<serde_json::Value, Error> {
     let spec = &cp.spec;
-    let bp = rstore::blueprint(&ctx.pool, &spec.blueprint)
-        .await?
-        .ok_or(Error::Malformed("the blueprint"))?;
+    let bp = bp.ok_or(Error::Malformed("the blueprint"))?;
     let ci = spec.cloud_init.clone().unwrap_or_default();
     let profile_user = bp
         .cloud_init_profile
@@ -510,10 +511,12 @@ async fn decide_and_enqueue(
     row: &PodRow,
 ) -> Result<(Step, Option<NotAdmitted>, usize), Error> {
     let spec = &cp.spec;
+    // Catalog reads first: never hold a pooled connection while asking for another.
+    let plan_row = pstore::plan(&ctx.pool, &spec.plan_code).await?;
+    let bp = rstore::blueprint(&ctx.pool, &spec.blueprint).await?;
     let mut tx = begin_locked(ctx, &row.id).await?;
     let pending = queue::pending_for_pod(&mut tx, &row.id).await?;
     let state = PodState::from_json(&row.provisioning_state);
-    let plan_row = pstore::plan(&ctx.pool, &spec.plan_code).await?;
     let effective = Size {
         cpu_cores: row.cpu_cores,
         memory_mb: row.memory_mb,
@@ -599,7 +602,7 @@ async fn decide_and_enqueue(
                 .and_then(|j| j.parse::<i64>().ok());
             Some((
                 QAction::Create,
-                create_payload(cp, ctx, size).await?,
+                create_payload(cp, bp.clone(), size)?,
                 api_job,
             ))
         }

@@ -476,6 +476,13 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
             Err(e) if e.is_vm_not_found() => "already gone",
             Err(e) => return Err(e.into()),
             Ok(cfg) => {
+                // A clone of this pod may still run on the node (its worker died; the job is
+                // detached): its config gets the marker only at the end. Wait for it.
+                let job = JobId::parse(&clone_job_id(vmid_i32(vmid), &row.id))
+                    .map_err(|e| bad("job", e))?;
+                if ctx.pve.job_running(&node, &job).await? {
+                    return Err(JobError::retry("the VM is still being cloned"));
+                }
                 if !carries(&cfg, &marker) {
                     // Never destroy a guest that is not this pod's (a clone that never ran
                     // leaves the VMID to whoever took it).
@@ -483,11 +490,6 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
                     "the VMID holds another guest; left alone"
                 } else {
                     if let Some(lock) = &cfg.lock {
-                        let job = JobId::parse(&clone_job_id(vmid_i32(vmid), &row.id))
-                            .map_err(|e| bad("job", e))?;
-                        if *lock == LockKind::Clone && ctx.pve.job_running(&node, &job).await? {
-                            return Err(JobError::retry("the VM is still being cloned"));
-                        }
                         if matches!(lock, LockKind::Backup) {
                             return Err(JobError::retry("a backup of the VM is running"));
                         }
