@@ -66,7 +66,10 @@ async fn run(cp: &CloudPod, ctx: &Context) -> Result<Action, Error> {
         return cleanup(cp, ctx, &api).await;
     }
     if !cp.finalizers().iter().any(|f| f == FINALIZER) {
+        // Nothing is admitted or built until the stored object carries the finalizer: the
+        // update event re-runs this reconcile with an object that proves it does.
         add_finalizer(cp, ctx, &api).await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     apply(cp, ctx, &api, &ns).await
 }
