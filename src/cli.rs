@@ -39,6 +39,8 @@ pub enum Command {
     Operator(OperatorArgs),
     /// Open-loop load test of the API: p50/p90/p99 latency and throughput at fixed request rates.
     BenchApi(BenchApiArgs),
+    /// Time N CloudPods to Active on simulated nodes (pve-sim), against the lower bound; API writes per pod.
+    BenchOperator(BenchOperatorArgs),
 }
 
 /// Arguments of `cloudpods bench-api`.
@@ -91,6 +93,55 @@ impl std::fmt::Debug for BenchApiArgs {
             .field("scenarios", &self.scenarios)
             .finish_non_exhaustive()
     }
+}
+
+/// Arguments of `cloudpods bench-operator`.
+#[derive(Args, Debug)]
+pub struct BenchOperatorArgs {
+    /// Database settings (a migrated database).
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    /// kubeconfig file; without it the in-cluster service account (or ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The nodes file; every node must be a pve-sim node (its faults.json is rewritten).
+    #[arg(long, env = "CLOUDPODS_NODES_FILE")]
+    pub nodes_file: PathBuf,
+
+    /// Namespace the bench's CloudPods are created in.
+    #[arg(
+        long,
+        env = "CLOUDPODS_BENCH_NAMESPACE",
+        default_value = "cloudpods-bench"
+    )]
+    pub namespace: String,
+
+    /// CloudPods applied together per run.
+    #[arg(long, env = "CLOUDPODS_BENCH_PODS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub pods: u32,
+
+    /// Plan of every pod.
+    #[arg(long, env = "CLOUDPODS_BENCH_PLAN", default_value = "student")]
+    pub plan: String,
+
+    /// Latency profiles, one run each: zero, realistic (clone 3 s, start 1 s, agent IP 2 s, 3 tasks per node).
+    #[arg(
+        long,
+        env = "CLOUDPODS_BENCH_PROFILES",
+        value_delimiter = ',',
+        default_value = "zero,realistic"
+    )]
+    pub profiles: Vec<crate::bench_operator::ProfileName>,
+
+    /// Longest wait for all pods to be Ready (and, separately, to be deleted) per run.
+    #[arg(long, env = "CLOUDPODS_BENCH_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the results as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Kubernetes connection settings.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench_api;
+pub mod bench_operator;
 pub mod bench_ssh;
 pub mod catalog;
 pub mod cli;

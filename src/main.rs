@@ -70,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::BenchOperator(args) => cloudpods::bench_operator::run(&args).await.map(drop),
         Command::Token(args) => {
             println!("{}", cloudpods::api::mint_token(&args)?);
             Ok(())
