@@ -45,7 +45,7 @@ use crate::metrics::Registry;
 use crate::operator::{self, Parts};
 use crate::proxmox::NodeName;
 use crate::proxmox::config::NodesConfig;
-use crate::proxmox::driver::{DriverSettings, SshProxmox};
+use crate::proxmox::driver::SshProxmox;
 use crate::quota::QuotaLimits;
 use crate::worker::{Placement, WorkerSettings};
 
@@ -859,7 +859,7 @@ async fn run_profile(env: &Env<'_>, name: ProfileName) -> anyhow::Result<RunRepo
 
     let registry = Registry::default();
     let pve = env.nodes.driver(operator::with_ssh_metrics(
-        DriverSettings::default(),
+        operator::driver_settings(),
         &registry,
     ));
     let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();

@@ -53,6 +53,15 @@ pub struct Parts<P> {
     pub registry: Registry,
 }
 
+/// The driver settings the operator uses: the defaults, but detached jobs (clone, backup)
+/// are polled at least every second, so a finished clone frees its node slot promptly.
+pub fn driver_settings() -> DriverSettings {
+    DriverSettings {
+        max_poll_interval: Duration::from_secs(1),
+        ..DriverSettings::default()
+    }
+}
+
 /// `settings` with an observer that times every remote command into
 /// `cloudpods_ssh_command_duration_seconds` of `registry`.
 pub fn with_ssh_metrics(mut settings: DriverSettings, registry: &Registry) -> DriverSettings {
@@ -391,7 +400,7 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
     let client = crate::api::kube_client(args.kubeconfig.as_deref()).await?;
     let nodes_cfg = crate::proxmox::config::NodesConfig::load(&args.nodes_file)?;
     let registry = Registry::default();
-    let pve = nodes_cfg.driver(with_ssh_metrics(DriverSettings::default(), &registry));
+    let pve = nodes_cfg.driver(with_ssh_metrics(driver_settings(), &registry));
     let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();
     let parts = Parts {
         client,

@@ -165,7 +165,7 @@ async fn a_cloudpod_goes_active_scales_reboots_backs_up_stops_and_is_destroyed()
         "cloudpods_queue_depth{status=\"success\"}",
         "cloudpods_job_duration_seconds_count{action=\"create\",result=\"success\"} 1",
         "cloudpods_ssh_command_duration_seconds_count",
-        "cloudpods_kube_writes_total{kind=\"status\"}",
+        "cloudpods_kube_writes_total{kind=\"cloudpod_status\"}",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }

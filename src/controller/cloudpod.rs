@@ -95,6 +95,22 @@ async fn remove_finalizer(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> 
         .collect();
     match set_finalizers(cp, ctx, api, rest).await {
         Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+        // Our own status write moved the resourceVersion on: once more on a fresh copy.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
+            let Some(fresh) = api.get_opt(&cp.name_any()).await? else {
+                return Ok(());
+            };
+            let rest = fresh
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            match set_finalizers(&fresh, ctx, api, rest).await {
+                Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+                other => other,
+            }
+        }
         other => other,
     }
 }
@@ -240,7 +256,7 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => ctx.wrote("status"),
+        Ok(_) => ctx.wrote("cloudpod_status"),
         // Gone meanwhile (deleted and finalized): nothing to report on.
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => return Err(e.into()),

@@ -106,7 +106,7 @@ impl ControllerMetrics {
             ),
             kube_writes: registry.counter(
                 "cloudpods_kube_writes_total",
-                "Writes to the Kubernetes API by kind (status, finalizer, event).",
+                "Writes to the Kubernetes API by kind (cloudpod_status, tenantquota_status, finalizer, event).",
                 &["kind"],
             ),
         }

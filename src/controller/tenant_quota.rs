@@ -81,7 +81,7 @@ async fn run(tq: &TenantQuota, ctx: &Context) -> Result<Action, Error> {
             )
             .await
         {
-            Ok(_) => ctx.wrote("status"),
+            Ok(_) => ctx.wrote("tenantquota_status"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
         }

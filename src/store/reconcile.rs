@@ -131,10 +131,15 @@ pub async fn mark_deleting(conn: &mut PgConnection, id: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// The highest VMID ever recorded (deleted rows keep theirs: a VMID is never reused).
-pub async fn max_vmid(pool: &PgPool) -> Result<Option<i32>, StoreError> {
+/// Takes the VMID-allocation lock for the rest of the transaction and returns the highest
+/// VMID ever recorded (deleted rows keep theirs: a VMID is never reused).
+pub async fn lock_vmids(conn: &mut PgConnection) -> Result<Option<i32>, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cloudpods-vmid', 0))")
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::query("lock VMID allocation"))?;
     sqlx::query_scalar("SELECT max(vmid) FROM cloud_pods")
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .map_err(StoreError::query("read the highest VMID"))
 }

@@ -205,11 +205,11 @@ async fn create<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outco
         target_node: None,
     };
 
-    // 2. Clone (detached, guarded by the job id: a retry waits for the same run).
-    let cloned = {
-        let _permit = permit(ctx, &node).await?;
-        ctx.pve.clone_vm(&node, &job, &spec).await
-    };
+    // 2. Clone (detached, guarded by the job id: a retry waits for the same run). One node
+    // slot is held from the clone through the start, so pods finish in the order they began
+    // instead of every start queueing behind every clone.
+    let slot = permit(ctx, &node).await?;
+    let cloned = ctx.pve.clone_vm(&node, &job, &spec).await;
     let cloned = match cloned {
         Ok(a) => a,
         Err(ProxmoxError::VmidTaken { .. }) => {
@@ -262,13 +262,14 @@ async fn create<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outco
     // 4. Power, then the address (the agent wait holds no node slot).
     let mut ip = None;
     if p.power_state == PowerState::Running {
-        {
-            let _permit = permit(ctx, &node).await?;
-            ctx.pve.start(&node, vmid).await?;
-        }
+        ctx.pve.start(&node, vmid).await?;
+        drop(slot);
         ip = wait_for_ip(ctx, &node, vmid, ctx.settings.agent_wait).await;
+    } else {
+        drop(slot);
     }
     state.power_state = Some(p.power_state);
+    state.last_sync = Some(now_rfc3339());
     state.provisioned = true;
     state.restart_required = false;
     state.last_error = None;
@@ -294,7 +295,9 @@ fn vmid_i32(v: Vmid) -> i32 {
     i32::try_from(v.get()).unwrap_or(i32::MAX)
 }
 
-/// Picks a node and a free VMID and records both on the pod (fenced).
+/// Picks a node and a free VMID and records both on the pod (fenced). Reservations are
+/// serialised by a database lock, so concurrent workers (and replicas) never race for the
+/// same number; the node is asked whether each candidate is free.
 async fn reserve_vmid<P: Proxmox>(
     ctx: &Ctx<P>,
     item: &Claimed,
@@ -302,41 +305,40 @@ async fn reserve_vmid<P: Proxmox>(
     p: &CreatePayload,
 ) -> Result<(NodeName, Vmid), JobError> {
     let node = pick_node(ctx, p).await?;
-    for _ in 0..10 {
-        let next = ctx.pve.next_vmid(&node).await?;
-        let recorded = rstore::max_vmid(&ctx.pool).await?.unwrap_or(0);
-        let first = next.get().max(u32::try_from(recorded).unwrap_or(0) + 1);
-        let mut found = None;
-        for candidate in first..first + 50 {
-            let v = Vmid::new(candidate).map_err(|e| bad("vmid", e))?;
-            if ctx.pve.vmid_is_free(&node, v).await? {
-                found = Some(v);
-                break;
-            }
-        }
-        let Some(vmid) = found else {
-            return Err(JobError::retry(format!("no free VMID found on {node}")));
-        };
-        let update = PodUpdate {
-            placement: Some(Some((vmid_i32(vmid), node.to_string()))),
-            ..PodUpdate::default()
-        };
-        let mut conn = ctx
-            .pool
-            .acquire()
-            .await
-            .map_err(StoreError::query("get a connection"))?;
-        match rstore::update_pod(&mut conn, &row.id, &update, Some(&item.lease)).await? {
-            Fenced::Applied => {
-                tracing::Span::current().record("vmid", vmid_i32(vmid));
-                tracing::info!(%node, "VMID reserved");
-                return Ok((node, vmid));
-            }
-            Fenced::VmidTaken => continue,
-            Fenced::LeaseLost => return Err(lease_lost()),
+    let next = ctx.pve.next_vmid(&node).await?;
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .map_err(StoreError::query("begin a VMID reservation"))?;
+    let recorded = rstore::lock_vmids(&mut tx).await?.unwrap_or(0);
+    let first = next.get().max(u32::try_from(recorded).unwrap_or(0) + 1);
+    let mut found = None;
+    for candidate in first..first + 50 {
+        let v = Vmid::new(candidate).map_err(|e| bad("vmid", e))?;
+        if ctx.pve.vmid_is_free(&node, v).await? {
+            found = Some(v);
+            break;
         }
     }
-    Err(JobError::retry("could not reserve a VMID (contention)"))
+    let Some(vmid) = found else {
+        return Err(JobError::retry(format!("no free VMID found on {node}")));
+    };
+    let update = PodUpdate {
+        placement: Some(Some((vmid_i32(vmid), node.to_string()))),
+        ..PodUpdate::default()
+    };
+    match rstore::update_pod(&mut tx, &row.id, &update, Some(&item.lease)).await? {
+        Fenced::Applied => {}
+        Fenced::VmidTaken => return Err(JobError::retry("VMID conflict; trying again")),
+        Fenced::LeaseLost => return Err(lease_lost()),
+    }
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit a VMID reservation"))?;
+    tracing::Span::current().record("vmid", vmid_i32(vmid));
+    tracing::info!(%node, "VMID reserved");
+    Ok((node, vmid))
 }
 
 fn lease_lost() -> JobError {
