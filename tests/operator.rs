@@ -583,3 +583,19 @@ async fn quota_rows_of_deleted_tenant_quotas_are_pruned_after_a_grace_period() {
         .unwrap();
     assert_eq!(gone, vec!["gone".to_string()]);
 }
+
+#[tokio::test]
+async fn readyz_fails_when_the_database_is_gone() {
+    let env = OpEnv::start().await;
+    let deadline = std::time::Instant::now() + T;
+    while http_get(env.addr, "/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The operator shares this pool: closing it takes Postgres away from it.
+    env.pool.close().await;
+    let (code, body) = http_get(env.addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("database: false"), "{body}");
+    assert_eq!(http_get(env.addr, "/healthz").await.0, 200);
+}
