@@ -35,7 +35,7 @@ const DELETE_ACTIVE: usize = 2;
 /// At least this many kills, and at least `MIN_KILLS_MID_WORK` of them while the killed
 /// process held queue items, before the last incarnation is left running.
 const MIN_KILLS: usize = 8;
-const MIN_KILLS_MID_WORK: usize = 5;
+const MIN_KILLS_MID_WORK: usize = 3;
 /// After the last deletion was issued, this many more kills (so destroys are cut too).
 const KILLS_AFTER_LAST_DELETE: usize = 3;
 /// No more kills after this many, or after this long, whatever happened.

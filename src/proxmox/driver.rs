@@ -1070,11 +1070,8 @@ impl Proxmox for SshProxmox {
         .await
     }
 
-    async fn job_running(&self, node: &NodeName, job: &JobId) -> Result<bool> {
-        Ok(matches!(
-            self.poll_job(node, job).await?.state,
-            JobState::Running
-        ))
+    async fn job_state(&self, node: &NodeName, job: &JobId) -> Result<JobState> {
+        Ok(self.poll_job(node, job).await?.state)
     }
 
     async fn list_managed_vms(&self, node: &NodeName) -> Result<Vec<ClusterVm>> {

@@ -27,6 +27,7 @@ use std::time::Duration;
 pub use argv::{Argv, Command, RemoteCommand};
 pub use classify::{Outcome, check, classify};
 pub use commands::{BackupSpec, CloneMode, CloneSpec, CloudInitSpec, CommandKind, RestoreSpec};
+pub use detached::JobState;
 pub use error::{LockKind, Missing, ObservedState, ProxmoxError};
 pub use parse::{
     BackupEntry, ClusterVm, DiskInfo, GuestAddresses, QmpStatus, RunStatus, SnapshotInfo, Upid,
@@ -251,13 +252,12 @@ pub trait Proxmox: Send + Sync {
         vmid: Vmid,
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>>> + Send;
 
-    /// True while the detached job `job` (clone, backup, restore) still runs on the node;
-    /// false when it finished, died, or never existed. Read-only.
-    fn job_running(
+    /// The state of the detached job `job` (clone, backup, restore) on the node. Read-only.
+    fn job_state(
         &self,
         node: &NodeName,
         job: &JobId,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<JobState>> + Send;
 
     /// Every QEMU VM in the cluster tagged `cloudpods` (templates excluded), with its node,
     /// tags and lock, from `/cluster/resources` (name and status may lag, §3.3). Read-only.

@@ -12,8 +12,8 @@ use super::{Ctx, Placement};
 use crate::crd::{BackupInfo, PowerState};
 use crate::proxmox::{
     Applied, BackupSpec, CiUser, CloneMode, CloneSpec, CloudInitSpec, Cores, DiskId, DnsName,
-    IpConfig, JobId, LockKind, MemoryMib, NodeName, OwnershipMarker, PodId, Proxmox, ProxmoxError,
-    RunStatus, SizeSpec, SshPublicKey, StorageId, TenantId, Vmid,
+    IpConfig, JobId, JobState, LockKind, MemoryMib, NodeName, OwnershipMarker, PodId, Proxmox,
+    ProxmoxError, RunStatus, SizeSpec, SshPublicKey, StorageId, TenantId, Vmid,
 };
 use crate::queue::{Action, Claimed};
 use crate::store::StoreError;
@@ -223,7 +223,7 @@ async fn create<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outco
         Err(e) => {
             // The clone failed or its run was lost: remove what it left (only if it carries
             // this pod's marker), and start over with a fresh VMID.
-            discard(ctx, &node, vmid, &marker).await?;
+            discard(ctx, &node, vmid, &marker, &job).await?;
             release_vmid(ctx, item, row).await?;
             return Err(JobError::retry(format!(
                 "clone into VMID {vmid} failed: {e}"
@@ -406,16 +406,32 @@ fn carries(cfg: &crate::proxmox::VmConfig, marker: &OwnershipMarker) -> bool {
         .is_some_and(|m| m == *marker)
 }
 
-/// Removes a VM at `vmid` if it carries this pod's marker (a half-made clone).
+/// True when the VM is this pod's: it carries the marker, or it is what this pod's own
+/// clone left when it failed or died (still `lock: clone`, no description written yet, and
+/// this pod's clone job for exactly this VMID ran on the node and is over). A clone only
+/// starts when the target VMID is free, so nobody else's guest can look like that.
+fn is_ours(cfg: &crate::proxmox::VmConfig, marker: &OwnershipMarker, clone_job: &JobState) -> bool {
+    carries(cfg, marker)
+        || (cfg.lock == Some(LockKind::Clone)
+            && cfg.description.is_none()
+            && matches!(clone_job, JobState::Done { .. } | JobState::Lost))
+}
+
+/// Removes what a failed clone of this pod left at `vmid` (see [`is_ours`]).
 async fn discard<P: Proxmox>(
     ctx: &Ctx<P>,
     node: &NodeName,
     vmid: Vmid,
     marker: &OwnershipMarker,
+    job: &JobId,
 ) -> Result<(), JobError> {
     match ctx.pve.config(node, vmid).await {
         Ok(cfg) => {
-            if !carries(&cfg, marker) {
+            let run = ctx.pve.job_state(node, job).await?;
+            if run == JobState::Running {
+                return Err(JobError::retry("the failed clone is still running"));
+            }
+            if !is_ours(&cfg, marker, &run) {
                 return Ok(());
             }
             if cfg.lock.is_some() {
@@ -482,10 +498,11 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
                 // detached): its config gets the marker only at the end. Wait for it.
                 let job = JobId::parse(&clone_job_id(vmid_i32(vmid), &row.id))
                     .map_err(|e| bad("job", e))?;
-                if ctx.pve.job_running(&node, &job).await? {
+                let run = ctx.pve.job_state(&node, &job).await?;
+                if run == JobState::Running {
                     return Err(JobError::retry("the VM is still being cloned"));
                 }
-                if !carries(&cfg, &marker) {
+                if !is_ours(&cfg, &marker, &run) {
                     // Never destroy a guest that is not this pod's (a clone that never ran
                     // leaves the VMID to whoever took it).
                     tracing::warn!(%node, vmid = vmid.get(), "the guest at this VMID is not ours; leaving it");
