@@ -316,6 +316,9 @@ pub struct OperatorArgs {
     /// Reconciles at once per controller.
     #[arg(long, env = "CLOUDPODS_RECONCILE_CONCURRENCY", default_value_t = 16)]
     pub reconcile_concurrency: u16,
+    /// How often live pods are checked for a CloudPod that vanished without its cleanup.
+    #[arg(long, env = "CLOUDPODS_GC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub gc_interval: Duration,
 }
 
 impl OperatorArgs {
@@ -328,6 +331,7 @@ impl OperatorArgs {
             error_retry: self.error_retry,
             max_attempts: self.max_attempts,
             concurrency: self.reconcile_concurrency,
+            gc_interval: self.gc_interval,
             ..crate::controller::ControllerSettings::default()
         }
     }

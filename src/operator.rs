@@ -222,6 +222,19 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
         });
     }
 
+    // Rows whose CloudPod vanished without its cleanup.
+    {
+        let ctx = ctx.clone();
+        let stop = stop_rx.clone();
+        let every = parts.controller.gc_interval;
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = controller::gc::sweep_loop(ctx, every) => {}
+                _ = stopped(stop) => {}
+            }
+        });
+    }
+
     // Finished jobs re-reconcile their pod at once.
     {
         let ctx = ctx.clone();

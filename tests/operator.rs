@@ -599,3 +599,51 @@ async fn readyz_fails_when_the_database_is_gone() {
     assert!(body.contains("database: false"), "{body}");
     assert_eq!(http_get(env.addr, "/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_cloudpod_whose_finalizer_is_removed_by_hand_still_loses_its_vm() {
+    let env = OpEnv::start().await;
+    let tenant = format!("f-{}", &env.id[3..]);
+    env.create(&env.cloudpod("forced", &tenant, "student"))
+        .await;
+    let cp = env
+        .wait_pod("forced", T, "Ready", |c| {
+            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    let st = cp.status.unwrap();
+    let (pod_id, vmid, node) = (st.pod_id.unwrap(), st.vmid.unwrap(), st.node.unwrap());
+    // What an impatient admin does: drop the finalizer, then delete.
+    env.pods
+        .patch(
+            "forced",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .unwrap();
+    env.delete("forced").await;
+    env.wait_gone("forced", T).await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let deleted: bool =
+            sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM cloud_pods WHERE id = $1")
+                .bind(&pod_id)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        if deleted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the row of a vanished CloudPod stays live"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !env.node_vms(&node).await.contains_key(&vmid.to_string()),
+        "VM destroyed"
+    );
+    assert_eq!(live_rows(&env, &tenant).await, 0, "quota released");
+}

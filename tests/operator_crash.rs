@@ -153,6 +153,8 @@ impl OperatorProc {
                 "30s",
                 "--agent-wait",
                 "5s",
+                "--gc-interval",
+                "3s",
             ])
             .stdin(Stdio::null())
             .stdout(out)

@@ -9,6 +9,7 @@
 
 pub mod cloudpod;
 mod events;
+pub mod gc;
 pub mod plan;
 pub mod status;
 pub mod tenant_quota;
@@ -53,6 +54,8 @@ pub struct ControllerSettings {
     pub max_attempts: i32,
     /// Reconciles at once per controller.
     pub concurrency: u16,
+    /// How often live rows are checked for a vanished CloudPod (finalizer removed by hand).
+    pub gc_interval: Duration,
 }
 
 impl Default for ControllerSettings {
@@ -67,6 +70,7 @@ impl Default for ControllerSettings {
             refused_recheck: Duration::from_secs(600),
             max_attempts: 5,
             concurrency: 16,
+            gc_interval: Duration::from_secs(60),
         }
     }
 }

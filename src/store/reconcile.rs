@@ -329,3 +329,24 @@ pub async fn prune_quotas(
     .await
     .map_err(StoreError::query("prune quotas of deleted TenantQuotas"))
 }
+
+/// Live rows with a CloudPod uid, older than `min_age`, optionally in one namespace:
+/// `(id, namespace, name, uid)`.
+pub async fn live_rows_with_uid(
+    pool: &PgPool,
+    namespace: Option<&str>,
+    min_age: std::time::Duration,
+) -> Result<Vec<(String, String, String, Uuid)>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, k8s_namespace, k8s_name, k8s_uid FROM cloud_pods \
+         WHERE deleted_at IS NULL AND k8s_uid IS NOT NULL \
+           AND ($1::text IS NULL OR k8s_namespace = $1) \
+           AND created_at < now() - make_interval(secs => $2) \
+         ORDER BY id",
+    )
+    .bind(namespace)
+    .bind(min_age.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::query("list live pods with a resource"))
+}

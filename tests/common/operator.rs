@@ -102,6 +102,7 @@ impl Default for Options {
                 address_retry: Duration::from_secs(1),
                 pending_recheck: Duration::from_secs(10),
                 refused_recheck: Duration::from_secs(30),
+                gc_interval: Duration::from_secs(2),
                 ..ControllerSettings::default()
             },
             worker: fast_worker(),
