@@ -460,16 +460,10 @@ async fn job_for(
     action: QAction,
     api_job: Option<i64>,
 ) -> Result<i64, Error> {
-    if let Some(id) = api_job {
-        let owner: Option<Option<String>> =
-            sqlx::query_scalar("SELECT pod_id FROM cloud_pod_jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(StoreError::query("read an API job"))?;
-        if owner.flatten().as_deref() == Some(row.id.as_str()) {
-            return Ok(id);
-        }
+    if let Some(id) = api_job
+        && rstore::job_pod(conn, id).await?.as_deref() == Some(row.id.as_str())
+    {
+        return Ok(id);
     }
     Ok(queue::create_job(
         conn,

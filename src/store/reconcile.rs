@@ -118,6 +118,17 @@ pub async fn adopt_uid(conn: &mut PgConnection, id: &str, uid: Uuid) -> Result<(
     Ok(())
 }
 
+/// The pod a job acts on (None: no such job, or a job without a pod).
+pub async fn job_pod(conn: &mut PgConnection, job_id: i64) -> Result<Option<String>, StoreError> {
+    let owner: Option<Option<String>> =
+        sqlx::query_scalar("SELECT pod_id FROM cloud_pod_jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(conn)
+            .await
+            .map_err(StoreError::query(format!("read job {job_id}")))?;
+    Ok(owner.flatten())
+}
+
 /// Marks a live pod `deleting` (the controller, when its CloudPod is being deleted).
 pub async fn mark_deleting(conn: &mut PgConnection, id: &str) -> Result<(), StoreError> {
     sqlx::query(
