@@ -550,16 +550,7 @@ async fn decide_and_enqueue(
     let mut since_failure = None;
     let mut failure_outdated = false;
     if row.status == "error" {
-        let mut latest: Option<queue::Finished> = None;
-        for a in queue::Action::ALL {
-            if let Some(f) = queue::last_finished(&mut tx, &row.id, a).await?
-                && latest
-                    .as_ref()
-                    .is_none_or(|l| f.processed_at > l.processed_at)
-            {
-                latest = Some(f);
-            }
-        }
+        let latest = queue::last_finished_any(&mut tx, &row.id).await?;
         if let Some(f) = latest.filter(|f| f.status == "failed") {
             since_failure = (chrono::Utc::now() - f.processed_at).to_std().ok();
             let planned = f.payload.get("generation").and_then(|g| g.as_i64());

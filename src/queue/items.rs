@@ -94,18 +94,35 @@ pub async fn last_finished(
     pod_id: &str,
     action: Action,
 ) -> Result<Option<Finished>, StoreError> {
+    last_finished_of(conn, pod_id, Some(action)).await
+}
+
+/// The most recent finished item of the pod, whatever its action.
+pub async fn last_finished_any(
+    conn: &mut PgConnection,
+    pod_id: &str,
+) -> Result<Option<Finished>, StoreError> {
+    last_finished_of(conn, pod_id, None).await
+}
+
+async fn last_finished_of(
+    conn: &mut PgConnection,
+    pod_id: &str,
+    action: Option<Action>,
+) -> Result<Option<Finished>, StoreError> {
     sqlx::query_as(
         "SELECT id, action, status, payload, result, error_message, processed_at \
          FROM cloud_pod_queue \
-         WHERE pod_id = $1 AND action = $2 AND status IN ('success', 'failed') \
+         WHERE pod_id = $1 AND ($2::text IS NULL OR action = $2) \
+           AND status IN ('success', 'failed') \
          ORDER BY processed_at DESC, id DESC LIMIT 1",
     )
     .bind(pod_id)
-    .bind(action)
+    .bind(action.map(Action::as_str))
     .fetch_optional(conn)
     .await
     .map_err(StoreError::query(format!(
-        "read the last finished `{action}` of pod `{pod_id}`"
+        "read the last finished item of pod `{pod_id}`"
     )))
 }
 
