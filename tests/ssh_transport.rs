@@ -218,6 +218,29 @@ async fn changed_host_key_is_refused_before_any_command() {
 }
 
 #[tokio::test]
+async fn old_and_new_host_keys_side_by_side_are_accepted_during_a_rotation() {
+    let sshd = PrivateSshd::start(&["pve1"]);
+    let wrong = std::fs::read_to_string(sshd.file("known_hosts.wrong")).expect("known_hosts.wrong");
+    let right = std::fs::read_to_string(sshd.file("known_hosts")).expect("known_hosts");
+    for (name, text) in [
+        ("known_hosts.rotating-new-first", format!("{right}{wrong}")),
+        ("known_hosts.rotating-old-first", format!("{wrong}{right}")),
+    ] {
+        let path = sshd.dir().join(name);
+        std::fs::write(&path, text).expect("write known_hosts");
+        let node = SshNode::new(SshSettings {
+            known_hosts_path: path,
+            ..sshd.settings("pve1")
+        });
+        let out = node
+            .exec("qm list", None, T)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.exit_status, Some(0), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn missing_known_hosts_or_key_file_is_a_configuration_error() {
     let mut settings = shared_settings("pve1");
     settings.known_hosts_path = "/nonexistent/known_hosts".into();

@@ -795,24 +795,58 @@ impl client::Handler for HostKeyCheck {
                 return Err(HandlerError::HostKey(SshError::HostKeyCertificateRejected));
             }
         };
-        match keys::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
-            Ok(true) => Ok(true),
-            Ok(false) => Err(HandlerError::HostKey(SshError::HostKeyUnknown {
+        let recorded =
+            keys::known_hosts::known_host_keys_path(&self.host, self.port, &self.known_hosts)
+                .map_err(|e| {
+                    HandlerError::HostKey(SshError::KnownHosts {
+                        path: self.known_hosts.clone(),
+                        message: e.to_string(),
+                    })
+                })?;
+        match host_key_verdict(key, &recorded) {
+            HostKeyVerdict::Known => Ok(true),
+            HostKeyVerdict::Unknown => Err(HandlerError::HostKey(SshError::HostKeyUnknown {
                 host: self.host.clone(),
                 port: self.port,
             })),
-            Err(keys::Error::KeyChanged { line }) => {
+            HostKeyVerdict::Changed { line } => {
                 Err(HandlerError::HostKey(SshError::HostKeyChanged {
                     host: self.host.clone(),
                     port: self.port,
                     line,
                 }))
             }
-            Err(e) => Err(HandlerError::HostKey(SshError::KnownHosts {
-                path: self.known_hosts.clone(),
-                message: e.to_string(),
-            })),
         }
+    }
+}
+
+/// What known_hosts says about a presented host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKeyVerdict {
+    /// One of the recorded keys is this key.
+    Known,
+    /// No key of this type is recorded for the host.
+    Unknown,
+    /// Keys of this type are recorded, none of them this one (first such line).
+    Changed { line: usize },
+}
+
+/// Like OpenSSH, any recorded key of the host may match, so the old and the new host key can
+/// be listed side by side while a node's key is rotated (russh's own check refuses as soon
+/// as one line of the same type differs).
+fn host_key_verdict(
+    key: &keys::PublicKey,
+    recorded: &[(usize, keys::PublicKey)],
+) -> HostKeyVerdict {
+    if recorded.iter().any(|(_, k)| k == key) {
+        return HostKeyVerdict::Known;
+    }
+    match recorded
+        .iter()
+        .find(|(_, k)| k.algorithm() == key.algorithm())
+    {
+        Some((line, _)) => HostKeyVerdict::Changed { line: *line },
+        None => HostKeyVerdict::Unknown,
     }
 }
 
@@ -861,6 +895,49 @@ fn signal_text(sig: &Sig) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn any_recorded_key_of_the_host_may_match() {
+        use super::{HostKeyVerdict, host_key_verdict, keys};
+        let ed_a = keys::parse_public_key_base64(
+            "AAAAC3NzaC1lZDI1NTE5AAAAIKTMmvtMBSbDjfGYztmusYOEPKUv2k5lenFb9Rw+o9Co",
+        )
+        .unwrap();
+        let ed_b = keys::parse_public_key_base64(
+            "AAAAC3NzaC1lZDI1NTE5AAAAIK8xjM8wyaPo+FK0IdLoHE51aXRoZSJv9YATkzfy47wQ",
+        )
+        .unwrap();
+        let ec = keys::parse_public_key_base64(
+            "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBE5qnUTq2X97CGSKwLFBWb4xlp0ijTQoUdyP1NCQ3BThTR8f8bb1fA/cevWdz5EVQtphC+XbshG/rfAt5IbxFZE=",
+        )
+        .unwrap();
+        assert_eq!(host_key_verdict(&ed_a, &[]), HostKeyVerdict::Unknown);
+        assert_eq!(
+            host_key_verdict(&ed_a, &[(3, ec.clone())]),
+            HostKeyVerdict::Unknown
+        );
+        assert_eq!(
+            host_key_verdict(&ed_a, &[(1, ed_a.clone())]),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            host_key_verdict(&ed_a, &[(1, ed_b.clone())]),
+            HostKeyVerdict::Changed { line: 1 }
+        );
+        // Rotation: old and new key side by side, in either order.
+        assert_eq!(
+            host_key_verdict(&ed_a, &[(1, ed_b.clone()), (2, ed_a.clone())]),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            host_key_verdict(&ed_b, &[(1, ed_b.clone()), (2, ed_a.clone())]),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            host_key_verdict(&ed_a, &[(4, ec), (7, ed_b)]),
+            HostKeyVerdict::Changed { line: 7 }
+        );
+    }
+
     #[test]
     fn output_is_capped_per_stream() {
         let mut buf = Vec::new();
