@@ -690,20 +690,46 @@ async fn scale<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outcom
 
 // ---- sync -----------------------------------------------------------------------------
 
+/// Why a sync stopped early.
+enum SyncStop {
+    /// Proxmox says the VM does not exist (before or in the middle of the sync).
+    Vanished,
+    /// Anything else: the queue's retry rules apply.
+    Job(JobError),
+}
+
+impl From<ProxmoxError> for SyncStop {
+    fn from(e: ProxmoxError) -> Self {
+        if e.is_vm_not_found() {
+            SyncStop::Vanished
+        } else {
+            SyncStop::Job(e.into())
+        }
+    }
+}
+
+impl From<JobError> for SyncStop {
+    fn from(e: JobError) -> Self {
+        SyncStop::Job(e)
+    }
+}
+
 async fn sync<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outcome {
     let p: PowerPayload = payload(item)?;
     let (node, vmid) = located(row)?;
     let mut state = PodState::from_json(&row.provisioning_state);
     state.last_sync = Some(now_rfc3339());
-    let cfg = match ctx.pve.config(&node, vmid).await {
-        Ok(cfg) => cfg,
-        Err(e) if e.is_vm_not_found() => {
+    match sync_vm(ctx, row, &p, &node, vmid, state.clone()).await {
+        Ok(done) => Ok(done),
+        Err(SyncStop::Job(e)) => Err(e),
+        // Also when the VM vanished between two of the sync's commands.
+        Err(SyncStop::Vanished) => {
             let msg = format!(
                 "VM {vmid} no longer exists on node {node}; it was removed outside CloudPods"
             );
             tracing::error!("{msg}");
             state.last_error = Some(msg.clone());
-            return Ok(Done {
+            Ok(Done {
                 update: PodUpdate {
                     status: Some("error"),
                     ip: Some(None),
@@ -711,12 +737,24 @@ async fn sync<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outcome
                     ..PodUpdate::default()
                 },
                 result: json!({ "vm": "missing", "message": msg }),
-            });
+            })
         }
-        Err(e) => return Err(e.into()),
-    };
+    }
+}
+
+/// Compares the VM with the row and corrects drift.
+async fn sync_vm<P: Proxmox>(
+    ctx: &Ctx<P>,
+    row: &PodRow,
+    p: &PowerPayload,
+    node: &NodeName,
+    vmid: Vmid,
+    mut state: PodState,
+) -> Result<Done, SyncStop> {
+    let (node, vmid) = (node.clone(), vmid);
+    let cfg = ctx.pve.config(&node, vmid).await?;
     if cfg.lock.is_some() {
-        return Err(JobError::retry("the VM is locked by a running task"));
+        return Err(JobError::retry("the VM is locked by a running task").into());
     }
     let mut drift = Vec::new();
     let want = Size {
