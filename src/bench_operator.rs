@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::cli::BenchOperatorArgs;
 use crate::controller::ControllerSettings;
-use crate::crd::{CloudPod, CloudPodSpec, Phase, PowerState, TenantQuota, TenantQuotaSpec};
+use crate::crd::{CloudPod, CloudPodSpec, Phase, TenantQuota, TenantQuotaSpec};
 use crate::metrics::Registry;
 use crate::operator::{self, Parts};
 use crate::proxmox::NodeName;
@@ -654,21 +654,7 @@ fn phase_name(cp: &CloudPod) -> String {
 }
 
 fn pod(name: &str, ns: &str, tenant: &str, plan: &str, run_id: &str) -> CloudPod {
-    let mut cp = CloudPod::new(
-        name,
-        CloudPodSpec {
-            tenant_id: tenant.into(),
-            user_id: None,
-            plan_code: plan.into(),
-            blueprint: BLUEPRINT.into(),
-            hostname: None,
-            resources: None,
-            power_state: PowerState::Running,
-            cloud_init: None,
-            reboot_request: None,
-            backup_request: None,
-        },
-    );
+    let mut cp = CloudPod::new(name, CloudPodSpec::new(tenant, plan, BLUEPRINT));
     cp.metadata.namespace = Some(ns.into());
     cp.metadata.labels = Some([(RUN_LABEL.to_string(), run_id.to_string())].into());
     cp
@@ -677,7 +663,6 @@ fn pod(name: &str, ns: &str, tenant: &str, plan: &str, run_id: &str) -> CloudPod
 /// Applies the run's TenantQuota (the largest limits the CRD accepts) and waits until the
 /// operator has mirrored it, so no pod is measured waiting on quota admission.
 async fn quota(client: &kube::Client, tenant: &str, run_id: &str) -> anyhow::Result<()> {
-    let api: Api<TenantQuota> = Api::all(client.clone());
     let mut tq = TenantQuota::new(
         tenant,
         TenantQuotaSpec {
@@ -688,16 +673,32 @@ async fn quota(client: &kube::Client, tenant: &str, run_id: &str) -> anyhow::Res
         },
     );
     tq.metadata.labels = Some([(RUN_LABEL.to_string(), run_id.to_string())].into());
+    apply_quota_synced(client, &tq, FIELD_MANAGER).await
+}
+
+/// Server-side applies `tq` (as `field_manager`) and waits up to 60 s until the operator has
+/// mirrored it (`Synced=True` for the current generation).
+pub async fn apply_quota_synced(
+    client: &kube::Client,
+    tq: &TenantQuota,
+    field_manager: &str,
+) -> anyhow::Result<()> {
+    let api: Api<TenantQuota> = Api::all(client.clone());
+    let name = tq
+        .metadata
+        .name
+        .as_deref()
+        .context("the TenantQuota has no name")?;
     api.patch(
-        tenant,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&tq),
+        name,
+        &PatchParams::apply(field_manager).force(),
+        &Patch::Apply(tq),
     )
     .await
-    .with_context(|| format!("applying TenantQuota {tenant}"))?;
+    .with_context(|| format!("applying TenantQuota {name}"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let tq = api.get(tenant).await?;
+        let tq = api.get(name).await?;
         let synced = tq.status.as_ref().is_some_and(|s| {
             s.observed_generation == tq.metadata.generation
                 && s.conditions
@@ -709,7 +710,7 @@ async fn quota(client: &kube::Client, tenant: &str, run_id: &str) -> anyhow::Res
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the operator did not mirror TenantQuota {tenant} within 60 s"
+            "the operator did not mirror TenantQuota {name} within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

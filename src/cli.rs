@@ -41,6 +41,8 @@ pub enum Command {
     BenchApi(BenchApiArgs),
     /// Time N CloudPods to Active on simulated nodes (pve-sim), against the lower bound; API writes per pod.
     BenchOperator(BenchOperatorArgs),
+    /// A local sandbox: test environment, operator, API and sample CloudPods, until Ctrl-C (needs root).
+    Dev(DevArgs),
 }
 
 /// Arguments of `cloudpods bench-api`.
@@ -142,6 +144,50 @@ pub struct BenchOperatorArgs {
     /// Print the results as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `cloudpods dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the sandbox keeps its runs (one directory each, the last few kept), its JWT secret and its lock.
+    #[arg(
+        long,
+        env = "CLOUDPODS_DEV_STATE_DIR",
+        default_value = "/var/lib/cloudpods/dev"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The CloudPods repository (its testenv/ scripts start the environment).
+    #[arg(long, env = "CLOUDPODS_REPO_ROOT", default_value = ".")]
+    pub repo_root: PathBuf,
+
+    /// The pve-sim binary (default: `pve-sim` beside this binary; `cargo build -p pve-sim`).
+    #[arg(long, env = "CLOUDPODS_PVE_SIM_BIN")]
+    pub pve_sim_bin: Option<PathBuf>,
+
+    /// Address of the REST API (port 0: any free port; the real address is printed).
+    #[arg(
+        long,
+        env = "CLOUDPODS_DEV_API_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub api_listen: std::net::SocketAddr,
+
+    /// Address of the operator's /healthz, /readyz and /metrics (port 0: any free port).
+    #[arg(
+        long,
+        env = "CLOUDPODS_DEV_OPERATOR_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub operator_listen: std::net::SocketAddr,
+
+    /// Longest wait for the sample CloudPods to become Active.
+    #[arg(long, env = "CLOUDPODS_DEV_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Stop everything and exit 0 once every sample is Active (non-zero on timeout); for CI.
+    #[arg(long, alias = "once")]
+    pub exit_when_active: bool,
 }
 
 /// Kubernetes connection settings.
@@ -319,6 +365,26 @@ pub struct OperatorArgs {
     /// How often live pods are checked for a CloudPod that vanished without its cleanup.
     #[arg(long, env = "CLOUDPODS_GC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// Leader election: only the replica holding the PostgreSQL advisory lock (on a dedicated
+    /// connection) runs controllers and workers; the others wait as standby.
+    #[arg(long, env = "CLOUDPODS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the election: replicas with the same id compete (also the Lease's name).
+    #[arg(
+        long,
+        env = "CLOUDPODS_LEADER_ELECTION_ID",
+        default_value = "cloudpods-operator"
+    )]
+    pub leader_election_id: String,
+    /// The leader's lease: a dead leader keeps standbys waiting at most this long.
+    #[arg(long, env = "CLOUDPODS_LEADER_ELECTION_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease: Duration,
+    /// How often a standby tries to take over.
+    #[arg(long, env = "CLOUDPODS_LEADER_ELECTION_RETRY", default_value = "1s", value_parser = parse_duration)]
+    pub leader_election_retry: Duration,
+    /// Also hold a coordination.k8s.io Lease (named after the election id) in this namespace.
+    #[arg(long, env = "CLOUDPODS_LEADER_LEASE_NAMESPACE")]
+    pub leader_lease_namespace: Option<String>,
 }
 
 impl OperatorArgs {
@@ -334,6 +400,18 @@ impl OperatorArgs {
             gc_interval: self.gc_interval,
             ..crate::controller::ControllerSettings::default()
         }
+    }
+
+    /// The leader-election settings these flags describe (None: election off).
+    pub fn leader_settings(&self) -> Option<crate::leader::LeaderSettings> {
+        self.leader_election.then(|| {
+            crate::leader::LeaderSettings::new(
+                &self.leader_election_id,
+                self.leader_election_lease,
+                self.leader_election_retry,
+                self.leader_lease_namespace.clone(),
+            )
+        })
     }
 
     /// The worker settings these flags describe.

@@ -10,7 +10,12 @@ use cloudpods::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = cloudpods::telemetry::init(&cli.log, &cli.log_format) {
+    let logging = match &cli.command {
+        // The sandbox's terminal shows its table; its operator and API log to a file.
+        Command::Dev(_) => cloudpods::dev::init_logging(&cli.log, &cli.log_format),
+        _ => cloudpods::telemetry::init(&cli.log, &cli.log_format),
+    };
+    if let Err(e) = logging {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -71,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchOperator(args) => cloudpods::bench_operator::run(&args).await.map(drop),
+        Command::Dev(args) => cloudpods::dev::run(&args).await,
         Command::Token(args) => {
             println!("{}", cloudpods::api::mint_token(&args)?);
             Ok(())

@@ -99,13 +99,91 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
     /// The bound address of the HTTP endpoint.
     pub addr: Option<SocketAddr>,
+    live: Live,
+}
+
+/// Names of the parts still running (for a slow shutdown's log line).
+#[derive(Clone, Default)]
+struct Live(Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>);
+
+impl Live {
+    fn set(&self, name: &'static str, running: bool) {
+        let mut parts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if running {
+            parts.insert(name);
+        } else {
+            parts.remove(name);
+        }
+    }
+
+    fn names(&self) -> String {
+        let parts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        parts.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Runs a controller (built with `graceful_shutdown_on(stop)`) until it ends. kube-rs holds
+/// reconciles until the controller's cache has its first full list and, after a graceful
+/// shutdown cut the watch, that never comes: a stop before the cache was ready would wait
+/// forever. Nothing can be in flight then, so the controller is dropped at once; otherwise it
+/// gets [`CONTROLLER_GRACE`] to finish the reconciles in flight.
+async fn run_controller<K>(
+    run: impl std::future::Future<Output = ()>,
+    store: kube::runtime::reflector::Store<K>,
+    stop: watch::Receiver<bool>,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::pin!(run);
+    tokio::select! {
+        _ = &mut run => return,
+        _ = stopped(stop) => {}
+    }
+    let ready = tokio::time::timeout(Duration::ZERO, store.wait_until_ready())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !ready {
+        return;
+    }
+    if tokio::time::timeout(CONTROLLER_GRACE, run).await.is_err() {
+        tracing::warn!(
+            grace_s = CONTROLLER_GRACE.as_secs(),
+            "a controller did not finish its reconciles in time; abandoned"
+        );
+    }
+}
+
+/// How long a stopping controller may take to finish the reconciles in flight.
+const CONTROLLER_GRACE: Duration = Duration::from_secs(20);
+
+fn spawn_part(
+    tasks: &mut tokio::task::JoinSet<()>,
+    live: &Live,
+    name: &'static str,
+    part: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    live.set(name, true);
+    let live = live.clone();
+    tasks.spawn(async move {
+        part.await;
+        live.set(name, false);
+        tracing::debug!(part = name, "stopped");
+    });
 }
 
 impl Running {
-    /// Signals shutdown and waits for every part to finish.
+    /// Signals shutdown and waits for every part to finish (logging the parts still running
+    /// every 10 s).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let mut task = self.task;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), &mut task).await {
+                Ok(_) => return,
+                Err(_) => tracing::warn!(parts = %self.live.names(), "still stopping"),
+            }
+        }
     }
 }
 
@@ -164,6 +242,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     let scan = worker.orphan_scan(orphans, parts.orphan_scan_interval);
 
     let mut tasks = tokio::task::JoinSet::new();
+    let live = Live::default();
 
     // CloudPod controller.
     let pod_ctrl = Controller::new(pods_api.clone(), wc.clone())
@@ -173,8 +252,10 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     let _ = ctx.pods.set(pod_ctrl.store());
     {
         let ctx = ctx.clone();
-        tasks.spawn(async move {
-            pod_ctrl
+        let store = pod_ctrl.store();
+        let stop = stop_rx.clone();
+        spawn_part(&mut tasks, &live, "CloudPod controller", async move {
+            let run = pod_ctrl
                 .run(
                     controller::cloudpod::reconcile,
                     controller::cloudpod::error_policy,
@@ -185,8 +266,8 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
                         ctx.kube_health.ok();
                     }
                     futures::future::ready(())
-                })
-                .await;
+                });
+            run_controller(run, store, stop).await;
         });
     }
 
@@ -200,21 +281,23 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     let tq_store = tq_ctrl.store();
     {
         let ctx = ctx.clone();
-        tasks.spawn(async move {
-            tq_ctrl
+        let store = tq_store.clone();
+        let stop = stop_rx.clone();
+        spawn_part(&mut tasks, &live, "TenantQuota controller", async move {
+            let run = tq_ctrl
                 .run(
                     controller::tenant_quota::reconcile,
                     controller::tenant_quota::error_policy,
                     ctx,
                 )
-                .for_each(|_| futures::future::ready(()))
-                .await;
+                .for_each(|_| futures::future::ready(()));
+            run_controller(run, store, stop).await;
         });
     }
     if parts.controller.label_selector.is_none() {
         let ctx = ctx.clone();
         let stop = stop_rx.clone();
-        tasks.spawn(async move {
+        spawn_part(&mut tasks, &live, "quota-row pruning", async move {
             tokio::select! {
                 _ = controller::tenant_quota::prune_loop(ctx, tq_store, Duration::from_secs(60)) => {}
                 _ = stopped(stop) => {}
@@ -227,7 +310,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
         let ctx = ctx.clone();
         let stop = stop_rx.clone();
         let every = parts.controller.gc_interval;
-        tasks.spawn(async move {
+        spawn_part(&mut tasks, &live, "row sweep", async move {
             tokio::select! {
                 _ = controller::gc::sweep_loop(ctx, every) => {}
                 _ = stopped(stop) => {}
@@ -239,7 +322,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     {
         let ctx = ctx.clone();
         let stop = stop_rx.clone();
-        tasks.spawn(async move {
+        spawn_part(&mut tasks, &live, "finished-job listener", async move {
             tokio::select! {
                 _ = done_listener(ctx) => {}
                 _ = stopped(stop) => {}
@@ -250,13 +333,15 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     // Worker pool.
     {
         let stop = stop_rx.clone();
-        tasks.spawn(async move { worker.run(stopped(stop)).await });
+        spawn_part(&mut tasks, &live, "worker pool", async move {
+            worker.run(stopped(stop)).await
+        });
     }
 
     // Orphan scan (a worker duty: it calls Proxmox).
     {
         let stop = stop_rx.clone();
-        tasks.spawn(async move {
+        spawn_part(&mut tasks, &live, "orphan scan", async move {
             tokio::select! {
                 _ = scan => {}
                 _ = stopped(stop) => {}
@@ -270,7 +355,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
         let queue = queue.clone();
         let gauge = queue_depth.clone();
         let stop = stop_rx.clone();
-        tasks.spawn(async move {
+        spawn_part(&mut tasks, &live, "queue-depth sampler", async move {
             let sample = async {
                 loop {
                     if let Ok(depth) = queue.depth().await {
@@ -310,7 +395,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
         addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "operator endpoint listening");
         let stop = stop_rx.clone();
-        tasks.spawn(async move {
+        spawn_part(&mut tasks, &live, "HTTP endpoint", async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stopped(stop))
                 .await
@@ -325,6 +410,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
         stop: stop_tx,
         task,
         addr,
+        live,
     })
 }
 
@@ -407,15 +493,102 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     )
 }
 
+/// The endpoint of a standby replica: /healthz and /readyz answer 200 (a healthy standby is
+/// ready, or a rolling update would wait for it forever), /metrics shows `cloudpods_leader 0`.
+async fn serve_standby(listen: SocketAddr, registry: Registry) -> anyhow::Result<Running> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|| async { "standby: another replica leads\n" }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        registry.render(),
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "standby endpoint listening");
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop_rx))
+            .await
+        {
+            tracing::error!(error = %e, "standby endpoint failed");
+        }
+    });
+    Ok(Running {
+        stop: stop_tx,
+        task,
+        addr: Some(addr),
+        live: Live::default(),
+    })
+}
+
+/// Leaves the process at once: after lost leadership nothing may keep working, and a clean
+/// shutdown could take longer than the lease allows.
+fn exit_lost(lost: crate::leader::Lost) -> ! {
+    tracing::error!(reason = %lost.0, "leadership lost: exiting so that no work continues");
+    std::process::exit(1)
+}
+
 /// `cloudpods operator`.
 pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
+    let leader = args.leader_settings();
+    if let Some(l) = &leader {
+        anyhow::ensure!(
+            l.lease >= Duration::from_secs(1),
+            "--leader-election-lease must be at least 1s"
+        );
+        anyhow::ensure!(
+            !l.retry.is_zero(),
+            "--leader-election-retry must be more than 0"
+        );
+        anyhow::ensure!(!l.id.is_empty(), "--leader-election-id must not be empty");
+    }
     let pool = crate::store::connect(&args.db).await?;
     crate::store::check_schema(&pool).await?;
     let client = crate::api::kube_client(args.kubeconfig.as_deref()).await?;
     let nodes_cfg = crate::proxmox::config::NodesConfig::load(&args.nodes_file)?;
     let registry = Registry::default();
+    let leading = registry.gauge(
+        "cloudpods_leader",
+        "1 while this replica is the elected leader (runs controllers and workers), 0 on standby.",
+        &[],
+    );
+    leading.set(&[], 0.0);
     let pve = nodes_cfg.driver(with_ssh_metrics(driver_settings(), &registry));
     let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();
+
+    let mut leadership = None;
+    if let Some(settings) = &leader {
+        let standby = serve_standby(args.listen, registry.clone()).await?;
+        tokio::select! {
+            l = crate::leader::acquire(&args.db.url, settings, Some(client.clone())) => {
+                leadership = Some(l);
+            }
+            _ = crate::api::shutdown_signal() => {
+                standby.stop().await;
+                tracing::info!("standby stopped");
+                return Ok(());
+            }
+        }
+        standby.stop().await;
+    }
+    leading.set(&[], 1.0);
+
     let parts = Parts {
         client,
         pool,
@@ -429,8 +602,24 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
         registry,
     };
     let running = start(parts).await?;
-    crate::api::shutdown_signal().await;
-    running.stop().await;
+    match leadership {
+        Some(mut l) => {
+            tokio::select! {
+                lost = l.lost() => exit_lost(lost),
+                _ = crate::api::shutdown_signal() => {}
+            }
+            // Keep watching the lease while stopping: a loss still means exit now.
+            tokio::select! {
+                lost = l.lost() => exit_lost(lost),
+                _ = running.stop() => {}
+            }
+            l.release().await;
+        }
+        None => {
+            crate::api::shutdown_signal().await;
+            running.stop().await;
+        }
+    }
     tracing::info!("operator stopped");
     Ok(())
 }

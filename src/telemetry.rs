@@ -1,14 +1,26 @@
 //! Logging set-up: one subscriber, text or JSON.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// Installs the global tracing subscriber; call once at start-up.
+/// Installs the global tracing subscriber writing to stderr; call once at start-up.
 pub fn init(filter: &str, format: &str) -> anyhow::Result<()> {
+    init_with_writer(filter, format, std::io::stderr, true)
+}
+
+/// Installs the global tracing subscriber writing to `writer` (ANSI colours only if `ansi`
+/// and `NO_COLOR` is unset or empty).
+pub fn init_with_writer<W>(filter: &str, format: &str, writer: W, ansi: bool) -> anyhow::Result<()>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?;
+    let ansi = ansi && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let result = if format == "json" {
         builder.json().try_init()
     } else {

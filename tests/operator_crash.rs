@@ -12,19 +12,19 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cloudpods::crd::{CloudPod, CloudPodSpec, Phase, PowerState, TenantQuota, TenantQuotaSpec};
+use cloudpods::crd::{CloudPod, CloudPodSpec, Phase, TenantQuota, TenantQuotaSpec};
 use cloudpods::proxmox::ssh::SshNode;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use sqlx::PgPool;
 
 use common::kube::unique_namespace;
-use common::operator::{TEST_LABEL, condition, state_dir};
+use common::operator::{TEST_LABEL, condition};
+use common::process::{OperatorConfig, OperatorProc, tail, write_nodes_file};
 use common::ssh::PrivateSshd;
 
 const NODES: [&str; 2] = ["pve1", "pve2"];
@@ -88,164 +88,6 @@ fn seed() -> u64 {
     }
 }
 
-// ---- the operator process -------------------------------------------------------------
-
-/// How every incarnation of the operator is started.
-struct OperatorConfig {
-    database_url: String,
-    kubeconfig: String,
-    namespace: String,
-    label: String,
-    nodes_file: PathBuf,
-    log_dir: PathBuf,
-}
-
-/// One `cloudpods operator` process; killed (SIGKILL) on drop if it still runs, so no
-/// process outlives the test, panic or not.
-struct OperatorProc {
-    child: Child,
-    log: PathBuf,
-    spawned: Instant,
-}
-
-impl OperatorProc {
-    fn spawn(cfg: &OperatorConfig, incarnation: usize) -> OperatorProc {
-        let log = cfg.log_dir.join(format!("operator-{incarnation:02}.log"));
-        let out = std::fs::File::create(&log).expect("create the operator log");
-        let err = out.try_clone().expect("clone the log handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudpods"));
-        // Only the flags below configure it: drop any setting inherited from the environment.
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str()
-                && (k.starts_with("CLOUDPODS_") || k == "DATABASE_URL")
-            {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("CLOUDPODS_LOG", "info")
-            .env("CLOUDPODS_LOG_FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .args(["operator", "--listen", "127.0.0.1:0"])
-            .arg("--database-url")
-            .arg(&cfg.database_url)
-            .arg("--kubeconfig")
-            .arg(&cfg.kubeconfig)
-            .arg("--watch-namespace")
-            .arg(&cfg.namespace)
-            .arg("--label-selector")
-            .arg(format!("{TEST_LABEL}={}", cfg.label))
-            .arg("--nodes-file")
-            .arg(&cfg.nodes_file)
-            .args([
-                "--placement",
-                "spread",
-                "--lease",
-                "3s",
-                "--poll-interval",
-                "300ms",
-                "--retry-base",
-                "100ms",
-                "--retry-max",
-                "1s",
-                "--error-retry",
-                "2s",
-                "--sync-interval",
-                "30s",
-                "--agent-wait",
-                "5s",
-                "--gc-interval",
-                "3s",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd.spawn().expect("spawn cloudpods operator");
-        OperatorProc {
-            child,
-            log,
-            spawned: Instant::now(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The endpoint is bound only after the database, Kubernetes and the nodes file were
-    /// accepted and every part was spawned.
-    fn is_ready(&self) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("operator endpoint listening"))
-    }
-
-    /// Panics (with the log) if the process exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "the operator (pid {}) exited by itself with {status}:\n{}",
-                self.pid(),
-                tail(&self.log, 60)
-            );
-        }
-    }
-
-    async fn wait_ready(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.is_ready() {
-            self.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "the operator (pid {}) is not ready after {within:?}:\n{}",
-                self.pid(),
-                tail(&self.log, 60)
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(mut self) -> ExitStatus {
-        self.assert_running();
-        self.child.kill().expect("SIGKILL the operator");
-        self.child.wait().expect("reap the operator")
-    }
-
-    /// SIGTERM and wait for the graceful exit; SIGKILL after `within`.
-    async fn terminate(mut self, within: Duration) -> Result<ExitStatus, String> {
-        let pid = self.pid().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .map_err(|e| format!("cannot run kill: {e}"))?;
-        if !sent.success() {
-            return Err(format!("kill -TERM {pid} failed: {sent}"));
-        }
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(format!(
-                    "the operator did not stop within {within:?} of SIGTERM:\n{}",
-                    tail(&self.log, 40)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for OperatorProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// What one incarnation got done, from its log: (jobs finished, items enqueued or pods
 /// admitted). Zeros after seconds of life mean it was stuck.
 fn op_progress(log: &Path) -> (usize, usize) {
@@ -256,20 +98,6 @@ fn op_progress(log: &Path) -> (usize, usize) {
         .filter(|l| l.contains("enqueued") || l.contains(": admitted"))
         .count();
     (jobs, decided)
-}
-
-/// The last `n` lines of a file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(n);
-    format!(
-        "---- {} (last {} of {} lines) ----\n{}",
-        path.display(),
-        lines.len() - from,
-        lines.len(),
-        lines[from..].join("\n")
-    )
 }
 
 /// The WARN and ERROR messages of all `logs`, without timestamps and spans, most frequent
@@ -348,21 +176,7 @@ fn pod_name(i: usize) -> String {
 }
 
 fn cloudpod(name: &str, ns: &str, label: &str, tenant: &str) -> CloudPod {
-    let mut cp = CloudPod::new(
-        name,
-        CloudPodSpec {
-            tenant_id: tenant.into(),
-            user_id: None,
-            plan_code: PLAN.into(),
-            blueprint: "ubuntu-24-minimal".into(),
-            hostname: None,
-            resources: None,
-            power_state: PowerState::Running,
-            cloud_init: None,
-            reboot_request: None,
-            backup_request: None,
-        },
-    );
+    let mut cp = CloudPod::new(name, CloudPodSpec::new(tenant, PLAN, "ubuntu-24-minimal"));
     cp.metadata.namespace = Some(ns.to_string());
     cp.metadata.labels = Some([(TEST_LABEL.to_string(), label.to_string())].into());
     cp
@@ -388,40 +202,6 @@ async fn apply_quota(client: &kube::Client, tenant: &str, label: &str) {
     )
     .await
     .expect("apply TenantQuota");
-}
-
-/// The nodes file of the private sshd: one entry per node, its state dir as the job dir.
-async fn write_nodes_file(sshd: &PrivateSshd, path: &Path) {
-    let mut yaml = format!(
-        "defaults:\n  port: {}\n  keyFile: {}\n  knownHostsFile: {}\n  connectTimeoutSeconds: 10\nnodes:\n",
-        sshd.port,
-        sshd.dir().join("client_ed25519").display(),
-        sshd.dir().join("known_hosts").display(),
-    );
-    for node in NODES {
-        let ssh = SshNode::new(sshd.settings(node));
-        let dir = state_dir(&ssh).await;
-        assert!(!dir.is_empty(), "{node}: PVE_SIM_STATE is empty");
-        let out = ssh
-            .exec(
-                &format!("printf '%s' '{FAULTS}' > \"$PVE_SIM_STATE/faults.json\""),
-                None,
-                Duration::from_secs(20),
-            )
-            .await
-            .expect("write faults.json");
-        assert_eq!(
-            out.exit_status,
-            Some(0),
-            "{node}: writing faults.json failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        yaml.push_str(&format!(
-            "  - name: {node}\n    host: 127.0.0.1\n    user: {}\n    jobDir: {dir}\n",
-            sshd.user(node)
-        ));
-    }
-    std::fs::write(path, yaml).expect("write the nodes file");
 }
 
 // ---- the creating and deleting side ---------------------------------------------------
@@ -940,7 +720,7 @@ async fn sigkilled_operator_converges_on_one_vm_per_live_pod() {
     let (pool, db) = common::db::migrated_db().await;
     let sshd = PrivateSshd::start(&NODES);
     let nodes_file = logs.path().join("nodes.yaml");
-    write_nodes_file(&sshd, &nodes_file).await;
+    write_nodes_file(&sshd, &NODES, FAULTS, &nodes_file).await;
     let ns = unique_namespace("crash");
     let label = ns.clone();
     let tenant = format!("t-{}", &ns["crash-".len()..]);
@@ -954,6 +734,9 @@ async fn sigkilled_operator_converges_on_one_vm_per_live_pod() {
         label: label.clone(),
         nodes_file,
         log_dir: logs.path().to_path_buf(),
+        // One incarnation at a time: no election (tests/leader.rs covers it). With it, every
+        // successor would first wait out its killed predecessor's lease.
+        extra_args: vec!["--leader-election=false".into()],
     };
     eprintln!(
         "crash-test: namespace {ns}, tenant {tenant}, database {}, logs {}",
@@ -971,7 +754,7 @@ async fn sigkilled_operator_converges_on_one_vm_per_live_pod() {
     let chaos_started = Instant::now();
     let mut op = loop {
         incarnation += 1;
-        let mut op = OperatorProc::spawn(&cfg, incarnation);
+        let mut op = OperatorProc::spawn(&cfg, &format!("operator-{incarnation:02}"));
         if scenario.is_none() {
             // The limits must be mirrored before the first admission (else the defaults
             // refuse most pods), so the first incarnation gets that far.

@@ -165,18 +165,7 @@ mod tests {
     }
 
     fn spec() -> CloudPodSpec {
-        CloudPodSpec {
-            tenant_id: "acme".into(),
-            user_id: None,
-            plan_code: "starter".into(),
-            blueprint: "ubuntu-24-minimal".into(),
-            hostname: None,
-            resources: None,
-            power_state: PowerState::Running,
-            cloud_init: None,
-            reboot_request: None,
-            backup_request: None,
-        }
+        CloudPodSpec::new("acme", "starter", "ubuntu-24-minimal")
     }
 
     const SIZE: Size = Size {

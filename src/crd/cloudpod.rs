@@ -90,6 +90,24 @@ pub struct CloudPodSpec {
     pub backup_request: Option<String>,
 }
 
+impl CloudPodSpec {
+    /// A running pod of `tenant_id` with `plan_code` and `blueprint`, nothing else set.
+    pub fn new(tenant_id: &str, plan_code: &str, blueprint: &str) -> Self {
+        CloudPodSpec {
+            tenant_id: tenant_id.into(),
+            user_id: None,
+            plan_code: plan_code.into(),
+            blueprint: blueprint.into(),
+            hostname: None,
+            resources: None,
+            power_state: PowerState::Running,
+            cloud_init: None,
+            reboot_request: None,
+            backup_request: None,
+        }
+    }
+}
+
 /// Per-pod overrides of the plan's resources.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -3,6 +3,7 @@
 //! The schema lives in `migrations/` (embedded with `sqlx::migrate!`). Queries are runtime
 //! queries (`sqlx::query`), so building needs no database.
 
+pub mod leader;
 pub mod pods;
 pub mod reconcile;
 mod seed;

@@ -6,5 +6,6 @@ pub mod db;
 pub mod fixtures;
 pub mod kube;
 pub mod operator;
+pub mod process;
 pub mod proxmox;
 pub mod ssh;

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cloudpods::controller::ControllerSettings;
-use cloudpods::crd::{CloudPod, CloudPodSpec, PowerState, TenantQuota, TenantQuotaSpec};
+use cloudpods::crd::{CloudPod, CloudPodSpec, TenantQuota, TenantQuotaSpec};
 use cloudpods::metrics::Registry;
 use cloudpods::operator::{self, Parts, Running};
 use cloudpods::proxmox::driver::{DriverSettings, SshProxmox};
@@ -191,21 +191,7 @@ impl OpEnv {
 
     /// A CloudPod spec for `tenant` on `plan` (blueprint ubuntu-24-minimal), labelled.
     pub fn cloudpod(&self, name: &str, tenant: &str, plan: &str) -> CloudPod {
-        let mut cp = CloudPod::new(
-            name,
-            CloudPodSpec {
-                tenant_id: tenant.into(),
-                user_id: None,
-                plan_code: plan.into(),
-                blueprint: "ubuntu-24-minimal".into(),
-                hostname: None,
-                resources: None,
-                power_state: PowerState::Running,
-                cloud_init: None,
-                reboot_request: None,
-                backup_request: None,
-            },
-        );
+        let mut cp = CloudPod::new(name, CloudPodSpec::new(tenant, plan, "ubuntu-24-minimal"));
         cp.metadata.namespace = Some(self.ns.clone());
         cp.metadata.labels = Some([(TEST_LABEL.to_string(), self.id.clone())].into());
         cp
