@@ -223,6 +223,27 @@ async fn wait_gone(pods: &Api<CloudPod>, name: &str, within: Duration) {
     }
 }
 
+/// Once `leader` runs its controllers: `create` goes Active, then `delete` is deleted and gone
+/// (VM destroyed, finalizer removed).
+async fn new_leader_works(s: &Setup, leader: &mut OperatorProc, create: &str, delete: &str) {
+    wait_log(
+        leader,
+        "operator endpoint listening",
+        Duration::from_secs(10),
+    )
+    .await;
+    s.pods
+        .create(&PostParams::default(), &cloudpod(s, create))
+        .await
+        .unwrap_or_else(|e| panic!("create {create}: {e}"));
+    wait_active(&s.pods, create, Duration::from_secs(60)).await;
+    s.pods
+        .delete(delete, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {delete}: {e}"));
+    wait_gone(&s.pods, delete, Duration::from_secs(60)).await;
+}
+
 async fn exit_code(p: &mut OperatorProc, within: Duration) -> Option<i32> {
     let deadline = Instant::now() + within;
     loop {
@@ -286,24 +307,8 @@ async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
         takeover <= TAKEOVER_BOUND,
         "takeover took {takeover:?}, bound {TAKEOVER_BOUND:?}"
     );
-    wait_log(
-        &mut b,
-        "operator endpoint listening",
-        Duration::from_secs(10),
-    )
-    .await;
-
     // The new leader does the work: a new pod goes Active, the old one is deleted.
-    s.pods
-        .create(&PostParams::default(), &cloudpod(&s, "second"))
-        .await
-        .expect("create second");
-    wait_active(&s.pods, "second", Duration::from_secs(60)).await;
-    s.pods
-        .delete("first", &DeleteParams::default())
-        .await
-        .expect("delete first");
-    wait_gone(&s.pods, "first", Duration::from_secs(60)).await;
+    new_leader_works(&s, &mut b, "second", "first").await;
 
     // A restarted replica (what Kubernetes does with the killed pod) is a standby.
     let mut c = OperatorProc::spawn(&s.cfg, "c");
@@ -428,22 +433,7 @@ async fn a_leader_that_loses_its_connection_stops_before_the_standby_starts() {
     );
 
     // And the new leader works.
-    wait_log(
-        &mut b,
-        "operator endpoint listening",
-        Duration::from_secs(10),
-    )
-    .await;
-    s.pods
-        .create(&PostParams::default(), &cloudpod(&s, "after-cut"))
-        .await
-        .expect("create");
-    wait_active(&s.pods, "after-cut", Duration::from_secs(60)).await;
-    s.pods
-        .delete("after-cut", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&s.pods, "after-cut", Duration::from_secs(60)).await;
+    new_leader_works(&s, &mut b, "after-cut", "after-cut").await;
     b.terminate(Duration::from_secs(30))
         .await
         .expect("SIGTERM b");
