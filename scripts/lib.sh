@@ -11,25 +11,42 @@ die() {
 	exit 1
 }
 
-# apt_install PKG...: install Debian packages (root only), apt-get update once first.
+# apt_update_once [PKG...]: apt-get update (root only), once per script run.
 apt_updated=
-apt_install() {
+apt_update_once() {
 	[ "$(id -u)" = 0 ] || die "need root to install Debian packages: $*"
-	if [ -z "$apt_updated" ]; then
-		say "apt-get update"
-		apt-get update -qq >/dev/null || die "apt-get update failed: no package mirror reachable"
-		apt_updated=1
-	fi
+	[ -z "$apt_updated" ] || return 0
+	say "apt-get update"
+	apt-get update -qq >/dev/null || die "apt-get update failed: no package mirror reachable"
+	apt_updated=1
+}
+
+# apt_try_install PKG...: install Debian packages (root only), apt-get update once first;
+# return 1 instead of dying when apt-get install fails (e.g. no such package in this
+# release), with apt-get's own messages hidden.
+apt_try_install() {
+	apt_update_once "$@"
+	say "installing Debian packages: $*"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+
+# apt_install PKG...: install Debian packages (root only), apt-get update once first; die
+# (showing apt-get's messages) when that fails.
+apt_install() {
+	apt_update_once "$@"
 	say "installing Debian packages: $*"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
 		die "apt-get install $* failed"
 }
 
-# ensure_kubectl: kubectl from Debian (package kubectl, else kubernetes-client).
+# ensure_kubectl: kubectl from Debian: package kubectl (where a repository provides it), else
+# kubernetes-client (Debian 12 main has only that one).
 ensure_kubectl() {
 	command -v kubectl >/dev/null && return 0
-	apt_install kubectl 2>/dev/null || apt_install kubernetes-client
-	command -v kubectl >/dev/null || die "kubectl is missing and could not be installed"
+	apt_try_install kubectl || say "no installable Debian package kubectl; trying kubernetes-client"
+	command -v kubectl >/dev/null || apt_try_install kubernetes-client || true
+	command -v kubectl >/dev/null ||
+		die "kubectl is missing and neither Debian package kubectl nor kubernetes-client could be installed (apt-get install kubectl / kubernetes-client failed)"
 }
 
 # cache_target_dir: print the Cargo target dir of the cache scheme of .ci/run (a dir keyed by

@@ -382,6 +382,10 @@ pub struct OperatorArgs {
     /// How often a standby tries to take over.
     #[arg(long, env = "CLOUDPODS_LEADER_ELECTION_RETRY", default_value = "1s", value_parser = parse_duration)]
     pub leader_election_retry: Duration,
+    /// Longest graceful shutdown (in-flight jobs finish, then leadership is released); past
+    /// it the process exits without releasing, and the successor waits out the lease.
+    #[arg(long, env = "CLOUDPODS_SHUTDOWN_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Also hold a coordination.k8s.io Lease (named after the election id) in this namespace.
     #[arg(long, env = "CLOUDPODS_LEADER_LEASE_NAMESPACE")]
     pub leader_lease_namespace: Option<String>,

@@ -7,8 +7,9 @@
 //! and the REST API in this process, applies a TenantQuota for the tenant `demo`, orders one
 //! sample CloudPod through the REST API (the path mPanel takes) and applies two more as
 //! manifests, and shows their progress until they are Active. Then it prints how to reach
-//! everything and runs until Ctrl-C or SIGTERM; then (and on any error) it stops what it
-//! started and says so.
+//! everything and runs until Ctrl-C, SIGTERM or SIGHUP (the terminal closed); then (and on any
+//! error) it stops what it started and says so. A second signal while stopping skips the
+//! graceful stop of the operator and the API and goes straight to `testenv/down`.
 //!
 //! The operator's and the API's logs go to `RUN/cloudpods.log`, not the terminal, so the table
 //! stays readable ([`init_logging`]).
@@ -58,6 +59,13 @@ const KEEP_RUNS: usize = 5;
 const POLL: Duration = Duration::from_millis(500);
 /// A line saying a silent testenv step still runs, this often.
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long stopping the operator may take: in-flight jobs finish first, and a job waits for
+/// the node (a clone, a start); after this the jobs are abandoned.
+const OPERATOR_STOP: Duration = Duration::from_secs(15);
+/// How long the API may take to finish its open requests when stopping.
+const API_STOP: Duration = Duration::from_secs(5);
+/// How long closing the database pool may take (connections of abandoned jobs never return).
+const POOL_CLOSE: Duration = Duration::from_secs(5);
 /// Lifetime of the printed bearer token.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The TenantQuota of [`TENANT`]: the three samples, with room for two more orders.
@@ -270,6 +278,15 @@ impl Recorded {
     }
 }
 
+/// `NAME (pid PID)` of each recorded process that still runs.
+fn alive_names(procs: &[Recorded]) -> Vec<String> {
+    procs
+        .iter()
+        .filter(|p| p.alive())
+        .map(|p| format!("{} (pid {})", p.name, p.pid))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Logging into the run directory
 // ---------------------------------------------------------------------------------------------
@@ -354,6 +371,39 @@ fn emit(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed), taken over once at start-up:
+/// from then on none of them ends the process before it has stopped what it started.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    /// The next signal's name (a signal that came while nobody waited is returned at once).
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            Some(()) = self.int.recv() => "SIGINT",
+            Some(()) = self.term.recv() => "SIGTERM",
+            Some(()) = self.hup.recv() => "SIGHUP",
+            else => std::future::pending().await,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,21 +509,68 @@ pub fn strip_testenv_prefix(line: &str) -> &str {
 
 impl Started {
     /// Stops everything (API, operator, `testenv/up` if it still runs, the environment) and
-    /// prints what was stopped. Err when a recorded process is still running afterwards.
-    async fn stop(&mut self, out: &Out, root: &Path) -> anyhow::Result<()> {
+    /// prints what was stopped. A signal during the graceful stop of the API and the operator
+    /// cuts it short (straight to `testenv/down`); signals during `testenv/down` do not stop
+    /// it. Err when a recorded process is still running afterwards.
+    async fn stop(&mut self, out: &Out, root: &Path, signals: &mut Signals) -> anyhow::Result<()> {
         let mut stopped = Vec::new();
-        if let Some((tx, task)) = self.api.take() {
-            let _ = tx.send(true);
-            let _ = task.await;
-            stopped.push("API".to_string());
+        let api = self.api.take();
+        let api_abort = api.as_ref().map(|(_, task)| task.abort_handle());
+        let operator = self.operator.take();
+        let (had_api, had_operator) = (api.is_some(), operator.is_some());
+        let pool = self.pool.take();
+        let graceful = async {
+            if let Some((tx, task)) = api {
+                let _ = tx.send(true);
+                if tokio::time::timeout(API_STOP, task).await.is_ok() {
+                    stopped.push("API".to_string());
+                } else {
+                    out.say(format!(
+                        "the API did not finish its open requests within {} s; abandoning them",
+                        API_STOP.as_secs()
+                    ));
+                    stopped.push("API (requests abandoned)".to_string());
+                }
+            }
+            if let Some(running) = operator {
+                out.say(format!(
+                    "stopping the operator (in-flight jobs finish first, {} s at most; another Ctrl-C skips this)",
+                    OPERATOR_STOP.as_secs()
+                ));
+                if tokio::time::timeout(OPERATOR_STOP, running.stop())
+                    .await
+                    .is_ok()
+                {
+                    stopped.push("operator".to_string());
+                } else {
+                    out.say(format!(
+                        "the operator did not stop within {} s: its in-flight jobs are abandoned (testenv/down stops the simulated nodes)",
+                        OPERATOR_STOP.as_secs()
+                    ));
+                    stopped.push("operator (in-flight jobs abandoned)".to_string());
+                }
+            }
+            if let Some(pool) = pool {
+                // Connections held by abandoned jobs never come back: do not wait for them.
+                let _ = tokio::time::timeout(POOL_CLOSE, pool.close()).await;
+            }
+        };
+        let hurried = tokio::select! {
+            () = graceful => None,
+            sig = signals.recv() => Some(sig),
+        };
+        if let Some(sig) = hurried {
+            out.say(format!(
+                "{sig} while stopping: skipping the graceful stop of the operator and the API (in-flight jobs and requests abandoned); stopping the environment now"
+            ));
+            for (part, had) in [("API", had_api), ("operator", had_operator)] {
+                if had && !stopped.iter().any(|s| s.starts_with(part)) {
+                    stopped.push(format!("{part} (abandoned)"));
+                }
+            }
         }
-        if let Some(running) = self.operator.take() {
-            out.say("stopping the operator (in-flight jobs finish first, 10 s at most)");
-            running.stop().await;
-            stopped.push("operator".to_string());
-        }
-        if let Some(pool) = self.pool.take() {
-            pool.close().await;
+        if let Some(abort) = api_abort {
+            abort.abort();
         }
         if let Some(mut up) = self.up.take() {
             if let Some(pid) = up.id() {
@@ -505,21 +602,25 @@ impl Started {
                 env_dir.display()
             );
             anyhow::Ok(())
-        }
-        .await;
-        let mut left = Vec::new();
-        for p in &procs {
-            if p.alive() {
-                left.push(format!("{} (pid {})", p.name, p.pid));
-            } else {
-                // testenv records the API server as "apiserver".
-                let name = if p.name == "apiserver" {
-                    "kube-apiserver"
-                } else {
-                    &p.name
-                };
-                stopped.push(format!("{name} (pid {})", p.pid));
+        };
+        tokio::pin!(down);
+        let down = loop {
+            tokio::select! {
+                r = &mut down => break r,
+                sig = signals.recv() => out.say(format!(
+                    "{sig}: testenv/down is already stopping the environment; waiting for it, so that nothing is left running"
+                )),
             }
+        };
+        let left = alive_names(&procs);
+        for p in procs.iter().filter(|p| !p.alive()) {
+            // testenv records the API server as "apiserver".
+            let name = if p.name == "apiserver" {
+                "kube-apiserver"
+            } else {
+                &p.name
+            };
+            stopped.push(format!("{name} (pid {})", p.pid));
         }
         out.say(format!("stopped: {}", stopped.join(", ")));
         anyhow::ensure!(
@@ -634,7 +735,19 @@ async fn prepare_state(out: &Out, args: &DevArgs, root: &Path) -> anyhow::Result
     }
     if runs.len() >= KEEP_RUNS {
         for old in &runs[..runs.len() + 1 - KEEP_RUNS] {
-            let _ = std::fs::remove_dir_all(old);
+            let env = old.join("testenv");
+            // Its pids files are the only record of processes testenv/down could not stop.
+            let alive = alive_names(&recorded(&env));
+            if alive.is_empty() {
+                let _ = std::fs::remove_dir_all(old);
+            } else {
+                out.say(format!(
+                    "keeping the old run {}: its processes still run ({}); stop them with testenv/down {}",
+                    old.display(),
+                    alive.join(", "),
+                    env.display()
+                ));
+            }
         }
     }
     Ok(lock)
@@ -1209,6 +1322,9 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
         root.display()
     );
     let sim = sim_binary(args)?;
+    // From here on a signal is handled, never fatal: whatever it interrupts, what was started
+    // is stopped.
+    let mut signals = Signals::new()?;
     // Taken ports fail here, before anything starts.
     let api_listener = bind(args.api_listen, "api", "--api-listen").await?;
     drop(bind(args.operator_listen, "operator", "--operator-listen").await?);
@@ -1223,11 +1339,11 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
 
     let mut started = Started::default();
     let outcome = tokio::select! {
-        r = sandbox(&out, args, &root, &sim, &run, api_listener, &mut started) => r.map(Some),
-        _ = crate::api::shutdown_signal() => Ok(None),
+        r = sandbox(&out, args, &root, &sim, &run, api_listener, &mut started) => r.map(Ok),
+        sig = signals.recv() => Ok(Err(sig)),
     };
     let result = match outcome {
-        Ok(Some(ready)) => {
+        Ok(Ok(ready)) => {
             let env_dir = run.join("testenv");
             emit(&summary(
                 args,
@@ -1239,13 +1355,14 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
             if args.exit_when_active {
                 Ok(())
             } else {
-                emit("\nrunning; Ctrl-C stops everything\n");
-                crate::api::shutdown_signal().await;
+                emit("\nrunning; Ctrl-C (or SIGTERM, or closing the terminal) stops everything\n");
+                let sig = signals.recv().await;
+                out.say(format!("{sig} received"));
                 Ok(())
             }
         }
-        Ok(None) => {
-            out.say("interrupted");
+        Ok(Err(sig)) => {
+            out.say(format!("interrupted by {sig}"));
             Ok(())
         }
         Err(e) => {
@@ -1253,8 +1370,8 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
             Err(e)
         }
     };
-    out.say("stopping");
-    let stopped = started.stop(&out, &root).await;
+    out.say("stopping (a second Ctrl-C skips the graceful stop of the operator and the API)");
+    let stopped = started.stop(&out, &root, &mut signals).await;
     match (result, stopped) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(e),

@@ -142,10 +142,15 @@ pub async fn acquire(
     };
     let mut logged_standby = false;
     loop {
-        let mut conn = match db::connect_dedicated(url, &settings.holder).await {
+        let connect = bounded(
+            settings.lease,
+            "connecting",
+            db::connect_dedicated(url, &settings.holder),
+        );
+        let mut conn = match connect.await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %crate::worker::error_chain(&e), "leader election: cannot connect; retrying");
+                tracing::warn!(error = %e, "leader election: cannot connect; retrying");
                 tokio::time::sleep(settings.retry).await;
                 continue;
             }
@@ -158,7 +163,7 @@ pub async fn acquire(
         )
         .await
         {
-            Ok(waited) => return spawn_renewals(conn, settings.clone(), lease_lock, waited),
+            Ok(won) => return spawn_renewals(conn, settings.clone(), lease_lock, won),
             Err(e) => {
                 tracing::warn!(error = %e, "leader election: connection trouble; reconnecting");
                 tokio::time::sleep(settings.retry).await;
@@ -167,15 +172,52 @@ pub async fn acquire(
     }
 }
 
+/// What a won campaign hands to the renewals.
+struct Won {
+    /// How long the lease wait took.
+    waited: Duration,
+    /// When the claim of the row was sent (the lease runs from no earlier than this).
+    claimed: Instant,
+    /// When the Lease was last written, if one is held.
+    lease_written: Option<Instant>,
+}
+
+/// `call`, bounded by `limit`: a database call that hangs (a half-open connection) must not
+/// keep a replica from campaigning.
+async fn bounded<T, E: std::error::Error + 'static>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "{what}: {}",
+            crate::worker::error_chain(&e)
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "{what}: no answer within {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
 /// Takes the lock on `conn`, waits out the previous lease, takes the Lease if configured and
-/// records this replica. Errors mean the connection must be replaced.
+/// records this replica. Errors mean the connection must be replaced (which drops the lock).
 async fn campaign(
     conn: &mut PgConnection,
     settings: &LeaderSettings,
     lease_lock: Option<&LeaseLock>,
     logged_standby: &mut bool,
-) -> anyhow::Result<Duration> {
-    while !db::try_lock(conn, &settings.id).await? {
+) -> anyhow::Result<Won> {
+    let limit = settings.lease;
+    while !bounded(
+        limit,
+        "taking the leader lock",
+        db::try_lock(conn, &settings.id),
+    )
+    .await?
+    {
         if !*logged_standby {
             tracing::info!(id = %settings.id, holder = %settings.holder, "standby: another replica leads");
             *logged_standby = true;
@@ -183,7 +225,12 @@ async fn campaign(
         tokio::time::sleep(settings.retry).await;
     }
     let started = Instant::now();
-    if let Some(prev) = db::previous(conn, &settings.id).await?
+    if let Some(prev) = bounded(
+        limit,
+        "reading the leader row",
+        db::previous(conn, &settings.id),
+    )
+    .await?
         && !prev.released
         && !prev.remaining.is_zero()
     {
@@ -192,30 +239,61 @@ async fn campaign(
         // A little slack for clock-rate differences between the database and the old leader.
         tokio::time::sleep(prev.remaining + Duration::from_millis(100)).await;
         // Keep the connection honest: a dead one must not be mistaken for leadership.
-        db::previous(conn, &settings.id).await?;
+        bounded(
+            limit,
+            "reading the leader row",
+            db::previous(conn, &settings.id),
+        )
+        .await?;
     }
-    if let Some(lock) = lease_lock {
-        lock.take().await;
-    }
-    db::claim(conn, &settings.id, &settings.holder, settings.lease).await?;
+    let lease_written = match lease_lock {
+        // Bounded: a Lease that cannot be taken (no RBAC, no API, a holder that keeps
+        // renewing) must not let this replica sit on the database lock forever.
+        Some(lock) => Some(
+            tokio::time::timeout(limit, lock.take())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "the Lease could not be taken within {} ms",
+                        limit.as_millis()
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let claimed = Instant::now();
+    bounded(
+        limit,
+        "recording the new leader",
+        db::claim(conn, &settings.id, &settings.holder, settings.lease),
+    )
+    .await?;
     let waited = started.elapsed();
     tracing::info!(id = %settings.id, holder = %settings.holder, waited_ms = waited.as_millis() as u64, "elected leader");
-    Ok(waited)
+    Ok(Won {
+        waited,
+        claimed,
+        lease_written,
+    })
 }
 
 fn spawn_renewals(
     mut conn: PgConnection,
     settings: LeaderSettings,
     lease_lock: Option<LeaseLock>,
-    waited: Duration,
+    won: Won,
 ) -> Leadership {
     let (lost_tx, lost_rx) = watch::channel(None);
     let (release_tx, mut release_rx) = oneshot::channel::<oneshot::Sender<()>>();
     let holder = settings.holder.clone();
     tokio::spawn(async move {
         let every = settings.renew_interval();
-        let mut last_ok = Instant::now();
-        let mut lease_ok = last_ok;
+        // Send times of the last successful renewals: of the row, and of the Lease if one is
+        // held. Leadership ends `step_down_after` past the older of the two.
+        let mut row_ok = won.claimed;
+        let mut lease_ok = won.lease_written;
+        let oldest =
+            |row_ok: Instant, lease_ok: Option<Instant>| lease_ok.map_or(row_ok, |l| l.min(row_ok));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -236,19 +314,20 @@ fn spawn_renewals(
             let sent = Instant::now();
             // Every call may take until the step-down deadline (a slow database is not a lost
             // one); past it, this replica must stop, whatever the call would have said.
-            let deadline =
-                tokio::time::Instant::from_std(last_ok.min(lease_ok) + settings.step_down_after());
+            let deadline = tokio::time::Instant::from_std(
+                oldest(row_ok, lease_ok) + settings.step_down_after(),
+            );
             // The row: a failed statement means the connection (and with it the lock) is gone.
             let mut reason = tokio::select! {
                 r = db::renew(&mut conn, &settings.id, &settings.holder) => match r {
                     Ok(true) => None,
-                    Ok(false) => Some("the leader row names another holder".to_string()),
+                    Ok(false) => Some("the leader row names another holder, or this session lost the lock".to_string()),
                     Err(e) => Some(format!("renewal failed: {}", crate::worker::error_chain(&e))),
                 },
                 _ = tokio::time::sleep_until(deadline) => Some("no renewal within the lease".to_string()),
             };
             if reason.is_none() {
-                last_ok = sent;
+                row_ok = sent;
             }
             // The Lease: an API hiccup is retried until the deadline; a Lease taken by someone
             // else ends leadership at once.
@@ -257,7 +336,7 @@ fn spawn_renewals(
             {
                 tokio::select! {
                     r = lock.renew() => match r {
-                        Ok(()) => lease_ok = sent,
+                        Ok(()) => lease_ok = Some(sent),
                         Err(LeaseError::Taken) => reason = Some("the Lease names another holder".into()),
                         Err(LeaseError::Api(e)) => tracing::warn!(error = %e, "renewing the Lease failed; retrying"),
                     },
@@ -265,7 +344,7 @@ fn spawn_renewals(
                 }
             }
             let reason = reason.or_else(|| {
-                (last_ok.min(lease_ok).elapsed() >= settings.step_down_after())
+                (oldest(row_ok, lease_ok).elapsed() >= settings.step_down_after())
                     .then(|| "no renewal within the lease".to_string())
             });
             if let Some(reason) = reason {
@@ -279,7 +358,7 @@ fn spawn_renewals(
         lost: lost_rx,
         release: Some(release_tx),
         holder,
-        waited,
+        waited: won.waited,
     }
 }
 
@@ -370,11 +449,13 @@ impl LeaseLock {
         }
     }
 
-    /// Takes the Lease, waiting while another holder's is still valid.
-    pub async fn take(&self) {
+    /// Takes the Lease, waiting while another holder's is still valid; returns when the
+    /// successful write was sent.
+    pub async fn take(&self) -> Instant {
         loop {
+            let sent = Instant::now();
             match self.try_take().await {
-                Ok(None) => return,
+                Ok(None) => return sent,
                 Ok(Some(wait)) => {
                     tracing::info!(lease = %self.name, wait_ms = wait.as_millis() as u64, "Lease held by another replica; waiting");
                     tokio::time::sleep(wait.min(self.retry.max(Duration::from_secs(1)))).await;

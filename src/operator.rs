@@ -102,13 +102,26 @@ pub struct Running {
     live: Live,
 }
 
-/// Names of the parts still running (for a slow shutdown's log line).
-#[derive(Clone, Default)]
-struct Live(Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>);
+/// The parts still running (for a slow shutdown's log line), and the first part that ended
+/// (or panicked) before a stop was asked for: the operator is then broken, not stopping.
+#[derive(Clone)]
+struct Live {
+    parts: Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
+    stop: watch::Receiver<bool>,
+    ended: Arc<watch::Sender<Option<&'static str>>>,
+}
 
 impl Live {
+    fn new(stop: watch::Receiver<bool>) -> Self {
+        Live {
+            parts: Arc::default(),
+            stop,
+            ended: Arc::new(watch::channel(None).0),
+        }
+    }
+
     fn set(&self, name: &'static str, running: bool) {
-        let mut parts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         if running {
             parts.insert(name);
         } else {
@@ -117,7 +130,7 @@ impl Live {
     }
 
     fn names(&self) -> String {
-        let parts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         parts.iter().copied().collect::<Vec<_>>().join(", ")
     }
 }
@@ -163,16 +176,44 @@ fn spawn_part(
     name: &'static str,
     part: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    use futures::FutureExt;
     live.set(name, true);
     let live = live.clone();
     tasks.spawn(async move {
-        part.await;
+        let panicked = std::panic::AssertUnwindSafe(part)
+            .catch_unwind()
+            .await
+            .is_err();
         live.set(name, false);
-        tracing::debug!(part = name, "stopped");
+        if panicked || !*live.stop.borrow() {
+            tracing::error!(
+                part = name,
+                panicked,
+                "a part of the operator ended on its own"
+            );
+            live.ended
+                .send_if_modified(|e| e.is_none() && e.replace(name).is_none());
+        } else {
+            tracing::debug!(part = name, "stopped");
+        }
     });
 }
 
 impl Running {
+    /// Resolves with the name of the first part that ended (or panicked) before [`Running::stop`]:
+    /// the operator no longer does all its work and should be restarted.
+    pub async fn part_ended(&self) -> &'static str {
+        let mut rx = self.live.ended.subscribe();
+        loop {
+            if let Some(name) = *rx.borrow_and_update() {
+                return name;
+            }
+            if rx.changed().await.is_err() {
+                return "unknown";
+            }
+        }
+    }
+
     /// Signals shutdown and waits for every part to finish (logging the parts still running
     /// every 10 s).
     pub async fn stop(self) {
@@ -242,7 +283,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     let scan = worker.orphan_scan(orphans, parts.orphan_scan_interval);
 
     let mut tasks = tokio::task::JoinSet::new();
-    let live = Live::default();
+    let live = Live::new(stop_rx.clone());
 
     // CloudPod controller.
     let pod_ctrl = Controller::new(pods_api.clone(), wc.clone())
@@ -497,6 +538,7 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
 /// ready, or a rolling update would wait for it forever), /metrics shows `cloudpods_leader 0`.
 async fn serve_standby(listen: SocketAddr, registry: Registry) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx2 = stop_rx.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -533,7 +575,7 @@ async fn serve_standby(listen: SocketAddr, registry: Registry) -> anyhow::Result
         stop: stop_tx,
         task,
         addr: Some(addr),
-        live: Live::default(),
+        live: Live::new(stop_rx2),
     })
 }
 
@@ -572,6 +614,11 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
     let pve = nodes_cfg.driver(with_ssh_metrics(driver_settings(), &registry));
     let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();
 
+    // One shutdown future for the whole run: a SIGTERM during the election or the start-up
+    // is not lost.
+    let shutdown = crate::api::shutdown_signal();
+    tokio::pin!(shutdown);
+
     let mut leadership = None;
     if let Some(settings) = &leader {
         let standby = serve_standby(args.listen, registry.clone()).await?;
@@ -579,7 +626,7 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
             l = crate::leader::acquire(&args.db.url, settings, Some(client.clone())) => {
                 leadership = Some(l);
             }
-            _ = crate::api::shutdown_signal() => {
+            _ = &mut shutdown => {
                 standby.stop().await;
                 tracing::info!("standby stopped");
                 return Ok(());
@@ -602,23 +649,40 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
         registry,
     };
     let running = start(parts).await?;
-    match leadership {
-        Some(mut l) => {
-            tokio::select! {
-                lost = l.lost() => exit_lost(lost),
-                _ = crate::api::shutdown_signal() => {}
+    {
+        let lost = async {
+            match leadership.as_mut() {
+                Some(l) => l.lost().await,
+                None => std::future::pending().await,
             }
-            // Keep watching the lease while stopping: a loss still means exit now.
-            tokio::select! {
-                lost = l.lost() => exit_lost(lost),
-                _ = running.stop() => {}
+        };
+        tokio::pin!(lost);
+        tokio::select! {
+            lost = &mut lost => exit_lost(lost),
+            part = running.part_ended() => {
+                // A controller, the worker pool or the endpoint died: exit, so the kubelet restarts
+                // the process (and a standby can take over) instead of leading without working.
+                tracing::error!(part, "exiting: a part of the operator stopped working");
+                std::process::exit(1);
             }
-            l.release().await;
+            _ = &mut shutdown => {}
         }
-        None => {
-            crate::api::shutdown_signal().await;
-            running.stop().await;
+        // Stop within --shutdown-timeout, watching the lease meanwhile. Leadership is released only
+        // after every part stopped; if they do not stop in time, exit without releasing: the
+        // successor then waits out the lease, so nothing overlaps.
+        tokio::select! {
+            lost = &mut lost => exit_lost(lost),
+            stopped = tokio::time::timeout(args.shutdown_timeout, running.stop()) => {
+                if stopped.is_err() {
+                    tracing::error!(timeout_s = args.shutdown_timeout.as_secs(),
+                        "in-flight work did not finish in time; exiting without releasing leadership");
+                    std::process::exit(1);
+                }
+            }
         }
+    }
+    if let Some(l) = leadership {
+        l.release().await;
     }
     tracing::info!("operator stopped");
     Ok(())

@@ -844,7 +844,8 @@ fn default_values_render_a_least_privilege_leader_elected_install() {
     assert_eq!(env_value(c, "CLOUDPODS_LEADER_ELECTION"), Some("true"));
     assert_eq!(
         env_value(c, "CLOUDPODS_LEADER_ELECTION_ID"),
-        Some("cloudpods-operator")
+        Some("cp-cloudpods-operator"),
+        "the election id defaults to the release's name"
     );
     assert_eq!(
         env_value(c, "CLOUDPODS_LEADER_LEASE_NAMESPACE"),
@@ -864,7 +865,7 @@ fn default_values_render_a_least_privilege_leader_elected_install() {
                 "coordination.k8s.io".to_string(),
                 "leases".to_string(),
                 v.to_string(),
-                "cloudpods-operator".to_string(),
+                "cp-cloudpods-operator".to_string(),
             )
         })
         .collect();

@@ -179,3 +179,92 @@ fn sandbox_reaches_active_and_stops_everything() {
     let left = processes_mentioning(&state_path);
     assert!(left.is_empty(), "still running: {left:#?}");
 }
+
+/// Closing the terminal (SIGHUP) while the sandbox runs stops everything it started, like
+/// Ctrl-C, and `cloudpods dev` exits 0.
+#[test]
+fn sighup_stops_everything() {
+    use std::io::BufRead as _;
+    if std::env::var_os("TEST_KUBECONFIG").is_some() {
+        eprintln!("skipped: TEST_KUBECONFIG is set (the sandbox uses its own API server)");
+        return;
+    }
+    let sim = std::env::var("CLOUDPODS_PVE_SIM_BIN").unwrap_or_else(|_| {
+        panic!(
+            "CLOUDPODS_PVE_SIM_BIN is not set: run through scripts/test (cargo build -p pve-sim)"
+        )
+    });
+    let state = tempfile::tempdir().unwrap();
+    let state_path = state.path().to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpods"))
+        .args(["dev", "--timeout", "3m"])
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--operator-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--repo-root")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg("--pve-sim-bin")
+        .arg(&sim)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cloudpods dev");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // The first run may build the Kubernetes API server (up to 20 minutes).
+    let deadline = Instant::now() + std::time::Duration::from_secs(30 * 60);
+    let ready = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("sandbox ready in ") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    let signal = if ready { "-HUP" } else { "-TERM" };
+    // Not ready: it may have failed and exited already, so kill's own result does not count.
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(!ready || sent.success(), "kill {signal} {pid}");
+    let status = child.wait().expect("wait for cloudpods dev");
+    let ended = ticks_now();
+    let stdout = reader.join().unwrap();
+    eprintln!("--- stdout\n{stdout}");
+    assert!(
+        ready,
+        "no `sandbox ready` line (exited, or not within 30 minutes)"
+    );
+    assert!(status.success(), "cloudpods dev after SIGHUP: {status}");
+    assert!(stdout.contains("] SIGHUP received"), "{stdout}");
+
+    let stopped = stopped_pids(&stdout);
+    let names: Vec<&str> = stopped.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["etcd", "kube-apiserver", "postgres", "sshd"] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    for (name, pid) in &stopped {
+        if let Some(at) = started_at(*pid) {
+            assert!(at > ended, "{name} (pid {pid}) still runs");
+        }
+    }
+    let left = processes_mentioning(&state_path);
+    assert!(left.is_empty(), "still running: {left:#?}");
+}

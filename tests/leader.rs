@@ -374,6 +374,36 @@ async fn a_leader_that_loses_its_connection_stops_before_the_standby_starts() {
     let mut b = OperatorProc::spawn(&s.cfg, "b");
     wait_log(&mut b, "another replica leads", Duration::from_secs(30)).await;
 
+    // The leader keeps leading well past its lease: renewals work (without a Lease, too).
+    let held_for = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, f64)>(
+            "SELECT holder, EXTRACT(EPOCH FROM clock_timestamp() - acquired_at)::float8 FROM cloudpods_leader",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("read cloudpods_leader")
+    };
+    let first_holder = held_for(s.pool.clone()).await.0;
+    let deadline = Instant::now() + LEASE * 4;
+    loop {
+        let (holder, secs) = held_for(s.pool.clone()).await;
+        assert_eq!(holder, first_holder, "the leader changed");
+        a.assert_running();
+        if secs > (LEASE * 2).as_secs_f64() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cloudpods_leader.acquired_at does not advance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !log_text(&a).contains("leadership lost"),
+        "{}",
+        tail(&a.log, 20)
+    );
+
     // Exactly one session holds the election lock: the leader's dedicated connection.
     let holders: Vec<(i32, String)> = sqlx::query_as(
         "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid

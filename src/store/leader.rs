@@ -95,11 +95,17 @@ pub async fn claim(
     Ok(())
 }
 
-/// Renews the lease; false when the row names someone else.
+/// Renews the lease; false when the row names someone else or this session no longer holds
+/// the lock (e.g. behind a pooler in transaction mode, or after `pg_advisory_unlock_all`).
 pub async fn renew(conn: &mut PgConnection, id: &str, holder: &str) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE cloudpods_leader SET renewed_at = clock_timestamp()
-          WHERE id = $1 AND holder = $2 AND NOT released",
+          WHERE id = $1 AND holder = $2 AND NOT released
+            AND EXISTS (SELECT 1 FROM pg_locks
+                         WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+                           AND objsubid = 1
+                           AND ((classid::BIGINT << 32) | objid::BIGINT)
+                               = hashtextextended('cloudpods-leader:' || $1, 0))",
     )
     .bind(id)
     .bind(holder)

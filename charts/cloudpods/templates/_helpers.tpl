@@ -73,6 +73,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* Whether the leader additionally holds a coordination.k8s.io Lease. */}}
+{{- define "cloudpods.electionId" -}}
+{{- .Values.operator.leaderElection.id | default (printf "%s-operator" (include "cloudpods.fullname" .)) -}}
+{{- end }}
+
 {{- define "cloudpods.leaseEnabled" -}}
 {{- if and .Values.operator.leaderElection.enabled .Values.operator.leaderElection.lease.enabled -}}true{{- end -}}
 {{- end -}}
