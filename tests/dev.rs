@@ -72,6 +72,25 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// The `stopped:` line names the environment's processes, none of them still runs (`ended`:
+/// clock ticks when `cloudpods dev` exited), and nothing mentions the state directory.
+fn assert_all_stopped(stdout: &str, ended: u64, state_path: &str) {
+    let stopped = stopped_pids(stdout);
+    let names: Vec<&str> = stopped.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["etcd", "kube-apiserver", "postgres", "sshd"] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    for (name, pid) in &stopped {
+        // A process with that PID started before `cloudpods dev` ended is the one it started
+        // (a later one got the PID reused).
+        if let Some(at) = started_at(*pid) {
+            assert!(at > ended, "{name} (pid {pid}) still runs");
+        }
+    }
+    let left = processes_mentioning(state_path);
+    assert!(left.is_empty(), "still running: {left:#?}");
+}
+
 #[test]
 fn sandbox_reaches_active_and_stops_everything() {
     if std::env::var_os("TEST_KUBECONFIG").is_some() {
@@ -164,20 +183,7 @@ fn sandbox_reaches_active_and_stops_everything() {
     assert!(log_text.contains("pod admitted"), "API log in {log}");
 
     // Everything it started is gone.
-    let stopped = stopped_pids(&stdout);
-    let names: Vec<&str> = stopped.iter().map(|(n, _)| n.as_str()).collect();
-    for want in ["etcd", "kube-apiserver", "postgres", "sshd"] {
-        assert!(names.contains(&want), "{want} not in {names:?}");
-    }
-    for (name, pid) in &stopped {
-        // A process with that PID started before `cloudpods dev` ended is the one it started
-        // (a later one got the PID reused).
-        if let Some(at) = started_at(*pid) {
-            assert!(at > ended, "{name} (pid {pid}) still runs");
-        }
-    }
-    let left = processes_mentioning(&state_path);
-    assert!(left.is_empty(), "still running: {left:#?}");
+    assert_all_stopped(&stdout, ended, &state_path);
 }
 
 /// Closing the terminal (SIGHUP) while the sandbox runs stops everything it started, like
@@ -255,16 +261,5 @@ fn sighup_stops_everything() {
     assert!(status.success(), "cloudpods dev after SIGHUP: {status}");
     assert!(stdout.contains("] SIGHUP received"), "{stdout}");
 
-    let stopped = stopped_pids(&stdout);
-    let names: Vec<&str> = stopped.iter().map(|(n, _)| n.as_str()).collect();
-    for want in ["etcd", "kube-apiserver", "postgres", "sshd"] {
-        assert!(names.contains(&want), "{want} not in {names:?}");
-    }
-    for (name, pid) in &stopped {
-        if let Some(at) = started_at(*pid) {
-            assert!(at > ended, "{name} (pid {pid}) still runs");
-        }
-    }
-    let left = processes_mentioning(&state_path);
-    assert!(left.is_empty(), "still running: {left:#?}");
+    assert_all_stopped(&stdout, ended, &state_path);
 }

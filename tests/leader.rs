@@ -223,6 +223,21 @@ async fn wait_gone(pods: &Api<CloudPod>, name: &str, within: Duration) {
     }
 }
 
+/// Replica `a`, elected and running its parts, and replica `b` as its standby.
+async fn leader_and_standby(s: &Setup) -> (OperatorProc, OperatorProc) {
+    let mut a = OperatorProc::spawn(&s.cfg, "a");
+    wait_log(&mut a, "elected leader", Duration::from_secs(30)).await;
+    wait_log(
+        &mut a,
+        "operator endpoint listening",
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut b = OperatorProc::spawn(&s.cfg, "b");
+    wait_log(&mut b, "another replica leads", Duration::from_secs(30)).await;
+    (a, b)
+}
+
 /// Once `leader` runs its controllers: `create` goes Active, then `delete` is deleted and gone
 /// (VM destroyed, finalizer removed).
 async fn new_leader_works(s: &Setup, leader: &mut OperatorProc, create: &str, delete: &str) {
@@ -263,16 +278,7 @@ async fn exit_code(p: &mut OperatorProc, within: Duration) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
     let s = setup().await;
-    let mut a = OperatorProc::spawn(&s.cfg, "a");
-    wait_log(&mut a, "elected leader", Duration::from_secs(30)).await;
-    wait_log(
-        &mut a,
-        "operator endpoint listening",
-        Duration::from_secs(10),
-    )
-    .await;
-    let mut b = OperatorProc::spawn(&s.cfg, "b");
-    wait_log(&mut b, "another replica leads", Duration::from_secs(30)).await;
+    let (a, mut b) = leader_and_standby(&s).await;
 
     // The leader works; the standby does nothing meanwhile.
     s.pods
@@ -363,16 +369,7 @@ async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_connection_stops_before_the_standby_starts() {
     let s = setup().await;
-    let mut a = OperatorProc::spawn(&s.cfg, "a");
-    wait_log(&mut a, "elected leader", Duration::from_secs(30)).await;
-    wait_log(
-        &mut a,
-        "operator endpoint listening",
-        Duration::from_secs(10),
-    )
-    .await;
-    let mut b = OperatorProc::spawn(&s.cfg, "b");
-    wait_log(&mut b, "another replica leads", Duration::from_secs(30)).await;
+    let (mut a, mut b) = leader_and_standby(&s).await;
 
     // The leader keeps leading well past its lease: renewals work (without a Lease, too).
     let held_for = |pool: PgPool| async move {
