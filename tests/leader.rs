@@ -610,3 +610,81 @@ async fn the_leader_also_holds_a_lease_when_asked() {
         .expect("SIGTERM b");
     wait_lease_holder(&leases, None, Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_held_elsewhere_blocks_nobody_for_good() {
+    ensure_lease_api();
+    let s = setup_with(&["--leader-lease-namespace", "{ns}"]).await;
+    let client = kube::Client::try_default().await.expect("kube client");
+    let leases: Api<Lease> = Api::namespaced(client, &s.cfg.namespace);
+    // Someone outside the election holds the Lease for an hour.
+    let intruder: Lease = serde_json::from_value(serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "cloudpods-operator"},
+        "spec": {
+            "holderIdentity": "intruder",
+            "leaseDurationSeconds": 3600,
+            "renewTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+        }
+    }))
+    .expect("a Lease");
+    leases
+        .create(&PostParams::default(), &intruder)
+        .await
+        .expect("create the intruder's Lease");
+
+    let mut a = OperatorProc::spawn(&s.cfg, "a");
+    let mut b = OperatorProc::spawn(&s.cfg, "b");
+    // Neither leads, and the one that took the database lock gives it up after one lease
+    // instead of sitting on it.
+    let deadline = Instant::now() + LEASE * 3;
+    while !(log_text(&a).contains("could not be taken")
+        || log_text(&b).contains("could not be taken"))
+    {
+        a.assert_running();
+        b.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "no replica gave up on the Lease within {:?}",
+            LEASE * 3
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in [&a, &b] {
+        assert!(
+            !log_text(p).contains("elected leader"),
+            "{}",
+            tail(&p.log, 20)
+        );
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM cloudpods_leader")
+        .fetch_one(&s.pool)
+        .await
+        .expect("count leader rows");
+    assert_eq!(n, 0, "nobody may claim the row without the Lease");
+
+    // The intruder lets go: one of them leads within a lease and a retry.
+    leases
+        .delete("cloudpods-operator", &DeleteParams::default())
+        .await
+        .expect("delete the intruder's Lease");
+    let deadline = Instant::now() + TAKEOVER_BOUND + LEASE;
+    let leader = loop {
+        if log_text(&a).contains("elected leader") {
+            break &mut a;
+        }
+        if log_text(&b).contains("elected leader") {
+            break &mut b;
+        }
+        a.assert_running();
+        b.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "nobody leads after the Lease was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, elected) = wait_log(leader, "elected leader", Duration::from_secs(1)).await;
+    wait_lease_holder(&leases, Some(&holder_of(&elected)), Duration::from_secs(5)).await;
+}
