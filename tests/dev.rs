@@ -91,13 +91,13 @@ fn assert_all_stopped(stdout: &str, ended: u64, state_path: &str) {
     assert!(left.is_empty(), "still running: {left:#?}");
 }
 
-#[test]
-fn sandbox_reaches_active_and_stops_everything() {
+/// The simulator binary, a state directory and its path; None (skip) with an external
+/// cluster: the sandbox always builds and runs its own API server, which may not be built on
+/// such a machine.
+fn sandbox_inputs() -> Option<(String, tempfile::TempDir, String)> {
     if std::env::var_os("TEST_KUBECONFIG").is_some() {
-        // The sandbox always builds and runs its own API server; with an external cluster
-        // that server may not be built on this machine.
         eprintln!("skipped: TEST_KUBECONFIG is set (the sandbox uses its own API server)");
-        return;
+        return None;
     }
     let sim = std::env::var("CLOUDPODS_PVE_SIM_BIN").unwrap_or_else(|_| {
         panic!(
@@ -106,6 +106,14 @@ fn sandbox_reaches_active_and_stops_everything() {
     });
     let state = tempfile::tempdir().unwrap();
     let state_path = state.path().to_str().unwrap().to_string();
+    Some((sim, state, state_path))
+}
+
+#[test]
+fn sandbox_reaches_active_and_stops_everything() {
+    let Some((sim, state, state_path)) = sandbox_inputs() else {
+        return;
+    };
     let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_cloudpods"))
         .args(["dev", "--exit-when-active", "--timeout", "3m"])
@@ -191,17 +199,9 @@ fn sandbox_reaches_active_and_stops_everything() {
 #[test]
 fn sighup_stops_everything() {
     use std::io::BufRead as _;
-    if std::env::var_os("TEST_KUBECONFIG").is_some() {
-        eprintln!("skipped: TEST_KUBECONFIG is set (the sandbox uses its own API server)");
+    let Some((sim, state, state_path)) = sandbox_inputs() else {
         return;
-    }
-    let sim = std::env::var("CLOUDPODS_PVE_SIM_BIN").unwrap_or_else(|_| {
-        panic!(
-            "CLOUDPODS_PVE_SIM_BIN is not set: run through scripts/test (cargo build -p pve-sim)"
-        )
-    });
-    let state = tempfile::tempdir().unwrap();
-    let state_path = state.path().to_str().unwrap().to_string();
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpods"))
         .args(["dev", "--timeout", "3m"])
         .args([
