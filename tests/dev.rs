@@ -109,15 +109,11 @@ fn sandbox_inputs() -> Option<(String, tempfile::TempDir, String)> {
     Some((sim, state, state_path))
 }
 
-#[test]
-fn sandbox_reaches_active_and_stops_everything() {
-    let Some((sim, state, state_path)) = sandbox_inputs() else {
-        return;
-    };
-    let t0 = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_cloudpods"))
-        .args(["dev", "--exit-when-active", "--timeout", "3m"])
-        // Free ports: CI runs other servers, and maybe a sandbox, on this machine.
+/// `cloudpods dev` on free ports (CI runs other servers, and maybe a sandbox, on this
+/// machine) with its own state directory, this repository and the simulator `sim`.
+fn dev_command(sim: &str, state: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudpods"));
+    cmd.args(["dev", "--timeout", "3m"])
         .args([
             "--api-listen",
             "127.0.0.1:0",
@@ -125,11 +121,22 @@ fn sandbox_reaches_active_and_stops_everything() {
             "127.0.0.1:0",
         ])
         .arg("--state-dir")
-        .arg(state.path())
+        .arg(state)
         .arg("--repo-root")
         .arg(env!("CARGO_MANIFEST_DIR"))
         .arg("--pve-sim-bin")
-        .arg(&sim)
+        .arg(sim);
+    cmd
+}
+
+#[test]
+fn sandbox_reaches_active_and_stops_everything() {
+    let Some((sim, state, state_path)) = sandbox_inputs() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let out = dev_command(&sim, state.path())
+        .arg("--exit-when-active")
         .env("CLOUDPODS_LOG", "info")
         .stdin(std::process::Stdio::null())
         .output()
@@ -202,20 +209,7 @@ fn sighup_stops_everything() {
     let Some((sim, state, state_path)) = sandbox_inputs() else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpods"))
-        .args(["dev", "--timeout", "3m"])
-        .args([
-            "--api-listen",
-            "127.0.0.1:0",
-            "--operator-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--repo-root")
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .arg("--pve-sim-bin")
-        .arg(&sim)
+    let mut child = dev_command(&sim, state.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
