@@ -647,3 +647,75 @@ async fn a_cloudpod_whose_finalizer_is_removed_by_hand_still_loses_its_vm() {
     );
     assert_eq!(live_rows(&env, &tenant).await, 0, "quota released");
 }
+
+#[tokio::test]
+async fn a_destroy_killed_half_way_is_finished_not_left_behind() {
+    use cloudpods::proxmox::{LockKind, NodeName, Proxmox, Vmid};
+    let env = OpEnv::start().await;
+    let tenant = format!("h-{}", &env.id[3..]);
+    env.create(&env.cloudpod("halfway", &tenant, "student"))
+        .await;
+    let cp = env
+        .wait_pod("halfway", T, "Ready", |c| {
+            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    let st = cp.status.unwrap();
+    let node = NodeName::parse(st.node.as_deref().unwrap()).unwrap();
+    let vmid = Vmid::new(st.vmid.unwrap() as u32).unwrap();
+    let owned_volumes = |show: &serde_json::Value| -> usize {
+        show["volumes"].as_object().map_or(0, |v| {
+            v.values()
+                .filter(|x| x["vmid"].as_u64() == Some(u64::from(vmid.get())))
+                .count()
+        })
+    };
+    let ssh = env.pve.ssh(&node).unwrap();
+    let show = || async {
+        let out = ssh
+            .exec("pve-sim show", None, Duration::from_secs(20))
+            .await
+            .expect("pve-sim show");
+        serde_json::from_str::<serde_json::Value>(&out.stdout_lossy()).expect("show json")
+    };
+    assert!(owned_volumes(&show().await) > 0, "the VM has disks");
+    // Every `qm destroy` on the node is killed mid-task, after it replaced the config with
+    // the `lock: destroyed` placeholder and before it freed the disks (a crash, a cut link).
+    let faults = std::path::PathBuf::from(common::operator::state_dir(ssh).await);
+    let set_faults = |v: serde_json::Value| {
+        let tmp = faults.join("faults.json.new");
+        std::fs::write(&tmp, v.to_string()).expect("write faults");
+        std::fs::rename(&tmp, faults.join("faults.json")).expect("rename faults");
+    };
+    set_faults(json!({
+        "durations_ms": {"destroy": 2000},
+        "drop": {"destroy": {"after_ms": 100, "effect": "kill_without_cleanup"}}
+    }));
+    env.delete("halfway").await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        if let Ok(cfg) = env.pve.config(&node, vmid).await
+            && cfg.lock == Some(LockKind::Destroyed)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no half-way destroy happened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set_faults(json!({}));
+    env.wait_gone("halfway", T).await;
+    let show = show().await;
+    assert!(
+        !show["vms"]
+            .as_object()
+            .unwrap()
+            .contains_key(&vmid.to_string()),
+        "the placeholder is left behind: {}",
+        show["vms"][vmid.to_string()]
+    );
+    assert_eq!(owned_volumes(&show), 0, "disks left behind");
+    assert_eq!(live_rows(&env, &tenant).await, 0, "quota released");
+}

@@ -417,6 +417,44 @@ fn is_ours(cfg: &crate::proxmox::VmConfig, marker: &OwnershipMarker, clone_job: 
             && matches!(clone_job, JobState::Done { .. } | JobState::Lost))
 }
 
+/// True when the config is only the placeholder `qm destroy` writes before it frees the disks
+/// (`lock: destroyed`, nothing else of the guest): a destroy died half-way, or still runs.
+/// Whoever started it, the guest is gone in all but name; finishing it frees the rest.
+fn half_destroyed(cfg: &crate::proxmox::VmConfig) -> bool {
+    cfg.lock == Some(LockKind::Destroyed) && cfg.description.is_none() && cfg.boot_disk.is_none()
+}
+
+/// Destroys the stopped, unlocked VM and confirms it is gone.
+async fn destroy_confirmed<P: Proxmox>(
+    ctx: &Ctx<P>,
+    node: &NodeName,
+    vmid: Vmid,
+) -> Result<&'static str, JobError> {
+    ctx.pve.destroy(node, vmid).await?;
+    // Confirm: destroy answers before the config is gone on a busy node.
+    match ctx.pve.status(node, vmid).await {
+        Err(e) if e.is_vm_not_found() => Ok("destroyed"),
+        Ok(_) => Err(JobError::retry("the VM still exists after destroy")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Finishes a destroy that died half-way ([`half_destroyed`]). `qm unlock` takes the VM's
+/// flock, which a running destroy holds, so it waits for that one; the VM may be gone then.
+async fn finish_destroy<P: Proxmox>(
+    ctx: &Ctx<P>,
+    node: &NodeName,
+    vmid: Vmid,
+) -> Result<&'static str, JobError> {
+    tracing::warn!(%node, vmid = vmid.get(), "finishing a destroy that stopped half-way");
+    match ctx.pve.unlock(node, vmid).await {
+        Ok(()) => {}
+        Err(e) if e.is_vm_not_found() => return Ok("already gone"),
+        Err(e) => return Err(e.into()),
+    }
+    destroy_confirmed(ctx, node, vmid).await
+}
+
 /// Removes what a failed clone of this pod left at `vmid` (see [`is_ours`]).
 async fn discard<P: Proxmox>(
     ctx: &Ctx<P>,
@@ -430,6 +468,9 @@ async fn discard<P: Proxmox>(
             let run = ctx.pve.job_state(node, job).await?;
             if run == JobState::Running {
                 return Err(JobError::retry("the failed clone is still running"));
+            }
+            if half_destroyed(&cfg) {
+                return finish_destroy(ctx, node, vmid).await.map(|_| ());
             }
             if !is_ours(&cfg, marker, &run) {
                 return Ok(());
@@ -502,7 +543,11 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
                 if run == JobState::Running {
                     return Err(JobError::retry("the VM is still being cloned"));
                 }
-                if !is_ours(&cfg, &marker, &run) {
+                if half_destroyed(&cfg) {
+                    // An earlier attempt's destroy died after it wiped the config (a crash,
+                    // a cut connection) and left the placeholder: finish it.
+                    finish_destroy(ctx, &node, vmid).await?
+                } else if !is_ours(&cfg, &marker, &run) {
                     // Never destroy a guest that is not this pod's (a clone that never ran
                     // leaves the VMID to whoever took it).
                     tracing::warn!(%node, vmid = vmid.get(), "the guest at this VMID is not ours; leaving it");
@@ -518,13 +563,7 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
                         let _permit = permit(ctx, &node).await?;
                         ctx.pve.stop(&node, vmid).await?;
                     }
-                    ctx.pve.destroy(&node, vmid).await?;
-                    // Confirm: destroy answers before the config is gone on a busy node.
-                    match ctx.pve.status(&node, vmid).await {
-                        Err(e) if e.is_vm_not_found() => "destroyed",
-                        Ok(_) => return Err(JobError::retry("the VM still exists after destroy")),
-                        Err(e) => return Err(e.into()),
-                    }
+                    destroy_confirmed(ctx, &node, vmid).await?
                 }
             }
         };
