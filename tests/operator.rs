@@ -483,9 +483,25 @@ async fn an_unknown_plan_is_reported_once_without_a_retry_storm() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let before = count(&env.metrics().await);
-    // A settled refusal waits for a change; watch for a while that nothing spins.
-    let quiet_until = std::time::Instant::now() + Duration::from_secs(3);
+    // The reconcile that wrote this status counts itself only when it returns, and its own
+    // write triggers one more: wait until the count holds still for a second.
+    let deadline = std::time::Instant::now() + T;
+    let mut before = count(&env.metrics().await);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = count(&env.metrics().await);
+        if now == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reconciles never settled: {now}"
+        );
+        before = now;
+    }
+    // A settled refusal waits for a change (the test's recheck is 30 s, the error retry 2 s);
+    // watch for a while that nothing spins.
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(5);
     while std::time::Instant::now() < quiet_until {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
