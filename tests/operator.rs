@@ -358,21 +358,31 @@ async fn a_pod_ordered_through_the_api_is_adopted_not_admitted_twice() {
     assert_eq!((item_job, job_status.as_str()), (Some(job), "success"));
 }
 
+/// Creates `name` for a tenant named after the test (`<prefix>-<id>`) and waits until it
+/// is Ready; gives the tenant and the status.
+async fn ready_pod(
+    env: &OpEnv,
+    prefix: &str,
+    name: &str,
+    plan: &str,
+) -> (String, cloudpods::crd::CloudPodStatus) {
+    let tenant = format!("{prefix}-{}", &env.id[3..]);
+    env.create(&env.cloudpod(name, &tenant, plan)).await;
+    let cp = env
+        .wait_pod(name, T, "Ready", |c| {
+            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    (tenant, cp.status.expect("status"))
+}
+
 #[tokio::test]
 async fn drift_is_corrected_and_a_vanished_vm_is_reported() {
     use cloudpods::proxmox::{NodeName, Proxmox, RunStatus, Vmid};
     let mut opts = common::operator::Options::default();
     opts.controller.sync_interval = Duration::from_secs(1);
     let env = OpEnv::start_with(opts).await;
-    let tenant = format!("d-{}", &env.id[3..]);
-    env.create(&env.cloudpod("drifty", &tenant, "starter"))
-        .await;
-    let cp = env
-        .wait_pod("drifty", T, "Ready", |c| {
-            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
-        })
-        .await;
-    let st = cp.status.unwrap();
+    let (_tenant, st) = ready_pod(&env, "d", "drifty", "starter").await;
     let node = NodeName::parse(st.node.as_deref().unwrap()).unwrap();
     let vmid = Vmid::new(st.vmid.unwrap() as u32).unwrap();
     let ssh = env.pve.ssh(&node).unwrap();
@@ -619,15 +629,7 @@ async fn readyz_fails_when_the_database_is_gone() {
 #[tokio::test]
 async fn a_cloudpod_whose_finalizer_is_removed_by_hand_still_loses_its_vm() {
     let env = OpEnv::start().await;
-    let tenant = format!("f-{}", &env.id[3..]);
-    env.create(&env.cloudpod("forced", &tenant, "student"))
-        .await;
-    let cp = env
-        .wait_pod("forced", T, "Ready", |c| {
-            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
-        })
-        .await;
-    let st = cp.status.unwrap();
+    let (tenant, st) = ready_pod(&env, "f", "forced", "student").await;
     let (pod_id, vmid, node) = (st.pod_id.unwrap(), st.vmid.unwrap(), st.node.unwrap());
     // What an impatient admin does: drop the finalizer, then delete.
     env.pods
@@ -668,15 +670,7 @@ async fn a_cloudpod_whose_finalizer_is_removed_by_hand_still_loses_its_vm() {
 async fn a_destroy_killed_half_way_is_finished_not_left_behind() {
     use cloudpods::proxmox::{LockKind, NodeName, Proxmox, Vmid};
     let env = OpEnv::start().await;
-    let tenant = format!("h-{}", &env.id[3..]);
-    env.create(&env.cloudpod("halfway", &tenant, "student"))
-        .await;
-    let cp = env
-        .wait_pod("halfway", T, "Ready", |c| {
-            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
-        })
-        .await;
-    let st = cp.status.unwrap();
+    let (tenant, st) = ready_pod(&env, "h", "halfway", "student").await;
     let node = NodeName::parse(st.node.as_deref().unwrap()).unwrap();
     let vmid = Vmid::new(st.vmid.unwrap() as u32).unwrap();
     let owned_volumes = |show: &serde_json::Value| -> usize {
