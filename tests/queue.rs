@@ -88,6 +88,19 @@ async fn create_job(pool: &PgPool, pod: &str, action: Action) -> i64 {
         .unwrap()
 }
 
+/// A new pod with a job of `action` holding one item: `(pod, job, item)`.
+async fn pod_with_job(
+    pool: &PgPool,
+    action: Action,
+    payload: serde_json::Value,
+    max_attempts: i32,
+) -> (String, i64, i64) {
+    let pod = insert_pod(pool, TENANT).await;
+    let job_id = create_job(pool, &pod, action).await;
+    let id = enqueue(pool, &pod, Some(job_id), action, payload, max_attempts).await;
+    (pod, job_id, id)
+}
+
 async fn claim(q: &Queue, owner: &str) -> Option<Claimed> {
     q.claim(owner, LEASE).await.unwrap()
 }
@@ -395,17 +408,8 @@ async fn concurrent_claimers_never_double_claim_or_overlap_a_pod() {
 async fn a_reclaimed_lease_is_fenced_out() {
     let (pool, _db) = migrated_db().await;
     let q = Queue::new(pool.clone());
-    let pod = insert_pod(&pool, TENANT).await;
-    let job_id = create_job(&pool, &pod, Action::Backup).await;
-    let id = enqueue(
-        &pool,
-        &pod,
-        Some(job_id),
-        Action::Backup,
-        json!({"request": "b-1"}),
-        3,
-    )
-    .await;
+    let (_pod, job_id, id) =
+        pod_with_job(&pool, Action::Backup, json!({"request": "b-1"}), 3).await;
 
     let old = q
         .claim("worker-a", Duration::from_millis(200))
@@ -459,9 +463,7 @@ async fn a_reclaimed_lease_is_fenced_out() {
 async fn a_retryable_failure_requeues_with_backoff() {
     let (pool, _db) = migrated_db().await;
     let q = Queue::new(pool.clone());
-    let pod = insert_pod(&pool, TENANT).await;
-    let job_id = create_job(&pool, &pod, Action::Start).await;
-    let id = enqueue(&pool, &pod, Some(job_id), Action::Start, json!({}), 5).await;
+    let (pod, job_id, id) = pod_with_job(&pool, Action::Start, json!({}), 5).await;
 
     let c = claim(&q, "w").await.unwrap();
     let out = fail(
@@ -553,17 +555,7 @@ async fn exhausted_attempts_fail_the_item_and_job_and_notify() {
     let mut done = PgListener::connect(&db.url()).await.unwrap();
     done.listen(queue::CHANNEL_DONE).await.unwrap();
 
-    let pod = insert_pod(&pool, TENANT).await;
-    let job_id = create_job(&pool, &pod, Action::Reboot).await;
-    let id = enqueue(
-        &pool,
-        &pod,
-        Some(job_id),
-        Action::Reboot,
-        json!({"request": "r-1"}),
-        2,
-    )
-    .await;
+    let (pod, job_id, id) = pod_with_job(&pool, Action::Reboot, json!({"request": "r-1"}), 2).await;
 
     let c = claim(&q, "w").await.unwrap();
     assert!(matches!(
@@ -594,9 +586,7 @@ async fn exhausted_attempts_fail_the_item_and_job_and_notify() {
     assert_eq!(n.payload(), pod);
 
     // A worker lost on the last attempt: reclaim fails the item and its job.
-    let pod2 = insert_pod(&pool, TENANT).await;
-    let job2 = create_job(&pool, &pod2, Action::Stop).await;
-    let id2 = enqueue(&pool, &pod2, Some(job2), Action::Stop, json!({}), 1).await;
+    let (pod2, job2, id2) = pod_with_job(&pool, Action::Stop, json!({}), 1).await;
     let lost = q
         .claim("gone", Duration::from_millis(100))
         .await

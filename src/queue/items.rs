@@ -57,20 +57,6 @@ pub async fn create_job(
     )))
 }
 
-/// The job's status (`pending`, `running`, `success`, `failed`), or None when there is no such job.
-pub async fn job_status(
-    conn: &mut PgConnection,
-    job_id: i64,
-) -> Result<Option<String>, StoreError> {
-    sqlx::query_scalar("SELECT status FROM cloud_pod_jobs WHERE id = $1")
-        .bind(job_id)
-        .fetch_optional(conn)
-        .await
-        .map_err(StoreError::query(format!(
-            "read the status of job {job_id}"
-        )))
-}
-
 /// The pod's queued and running items, oldest first.
 pub async fn pending_for_pod(
     conn: &mut PgConnection,

@@ -28,7 +28,7 @@ use sqlx::FromRow;
 pub use action::Action;
 pub use backoff::Backoff;
 pub use items::{
-    complete, create_job, enqueue, exists_with, fail, job_status, last_finished, last_finished_any,
+    complete, create_job, enqueue, exists_with, fail, last_finished, last_finished_any,
     pending_for_pod,
 };
 pub use service::Queue;

@@ -286,12 +286,17 @@ pub async fn count_live_on_plan(
     .map_err(StoreError::query("count pods on a plan"))
 }
 
-/// Records the CloudPod's uid once the resource exists (no-op when already set).
-pub async fn set_k8s_uid(pool: &PgPool, pod_id: &str, uid: Uuid) -> Result<(), StoreError> {
+/// Records the CloudPod's uid once the resource exists (no-op when already set); on a pool
+/// or inside a transaction.
+pub async fn set_k8s_uid<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    pod_id: &str,
+    uid: Uuid,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE cloud_pods SET k8s_uid = $2 WHERE id = $1 AND k8s_uid IS NULL")
         .bind(pod_id)
         .bind(uid)
-        .execute(pool)
+        .execute(db)
         .await
         .map_err(StoreError::query(format!(
             "record the uid of pod `{pod_id}`"

@@ -107,15 +107,9 @@ pub async fn revive_released(
     Ok(done.rows_affected() > 0)
 }
 
-/// Records the CloudPod's uid on a row that lacks it.
+/// Records the CloudPod's uid on a row that lacks it ([`super::pods::set_k8s_uid`]).
 pub async fn adopt_uid(conn: &mut PgConnection, id: &str, uid: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE cloud_pods SET k8s_uid = $2 WHERE id = $1 AND k8s_uid IS NULL")
-        .bind(id)
-        .bind(uid)
-        .execute(conn)
-        .await
-        .map_err(StoreError::query(format!("record the uid of pod `{id}`")))?;
-    Ok(())
+    super::pods::set_k8s_uid(conn, id, uid).await
 }
 
 /// The pod a job acts on (None: no such job, or a job without a pod).
@@ -167,12 +161,15 @@ pub async fn live_pods_per_node(pool: &PgPool) -> Result<BTreeMap<String, i64>, 
     Ok(rows.into_iter().collect())
 }
 
-/// Every live pod's `(vmid, node)` plus every VMID ever recorded (orphan detection).
-pub async fn known_vmids(pool: &PgPool) -> Result<Vec<(i32, Option<String>, bool)>, StoreError> {
-    sqlx::query_as("SELECT vmid, node, deleted_at IS NULL FROM cloud_pods WHERE vmid IS NOT NULL")
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::query("list recorded VMIDs"))
+/// Every live pod's `(vmid, node)` (orphan detection).
+pub async fn live_vmids(pool: &PgPool) -> Result<Vec<(i32, String)>, StoreError> {
+    sqlx::query_as(
+        "SELECT vmid, node FROM cloud_pods \
+         WHERE vmid IS NOT NULL AND node IS NOT NULL AND deleted_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::query("list the VMIDs of live pods"))
 }
 
 /// One change of a pod row by the worker; `None` fields are left alone.

@@ -159,6 +159,16 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The update after a handler succeeded: the pod is `active` and its last error is cleared.
+fn active(mut state: PodState) -> PodUpdate {
+    state.last_error = None;
+    PodUpdate {
+        status: Some("active"),
+        state: Some(state),
+        ..PodUpdate::default()
+    }
+}
+
 // ---- create ---------------------------------------------------------------------------
 
 async fn create<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outcome {
@@ -272,14 +282,11 @@ async fn create<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outco
     state.last_sync = Some(now_rfc3339());
     state.provisioned = true;
     state.restart_required = false;
-    state.last_error = None;
     Ok(Done {
         update: PodUpdate {
-            status: Some("active"),
             size: Some(p.size),
             ip: Some(ip.clone()),
-            state: Some(state),
-            ..PodUpdate::default()
+            ..active(state)
         },
         result: json!({
             "node": node.to_string(),
@@ -398,20 +405,12 @@ async fn release_vmid<P>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Result<(
     .await
 }
 
-/// True when the VM's description carries exactly this pod's marker.
-fn carries(cfg: &crate::proxmox::VmConfig, marker: &OwnershipMarker) -> bool {
-    cfg.description
-        .as_deref()
-        .and_then(OwnershipMarker::find_in)
-        .is_some_and(|m| m == *marker)
-}
-
 /// True when the VM is this pod's: it carries the marker, or it is what this pod's own
 /// clone left when it failed or died (still `lock: clone`, no description written yet, and
 /// this pod's clone job for exactly this VMID ran on the node and is over). A clone only
 /// starts when the target VMID is free, so nobody else's guest can look like that.
 fn is_ours(cfg: &crate::proxmox::VmConfig, marker: &OwnershipMarker, clone_job: &JobState) -> bool {
-    carries(cfg, marker)
+    cfg.marker().as_ref() == Some(marker)
         || (cfg.lock == Some(LockKind::Clone)
             && cfg.description.is_none()
             && matches!(clone_job, JobState::Done { .. } | JobState::Lost))
@@ -602,17 +601,14 @@ async fn power<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow, want: PowerState) -> Outc
     }
     let mut state = PodState::from_json(&row.provisioning_state);
     state.power_state = Some(want);
-    state.last_error = None;
     if applied == Applied::Now {
         // A cold start applies pending cores/memory.
         state.restart_required = false;
     }
     Ok(Done {
         update: PodUpdate {
-            status: Some("active"),
             ip: Some(ip),
-            state: Some(state),
-            ..PodUpdate::default()
+            ..active(state)
         },
         result: json!({ "powerState": want, "changed": applied == Applied::Now }),
     })
@@ -638,13 +634,8 @@ async fn reboot<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outco
     };
     state.restart_required = false;
     state.handled_reboot_request = Some(p.request.clone());
-    state.last_error = None;
     Ok(Done {
-        update: PodUpdate {
-            status: Some("active"),
-            state: Some(state),
-            ..PodUpdate::default()
-        },
+        update: active(state),
         result: json!({ "request": p.request, "reboot": done }),
     })
 }
@@ -679,13 +670,8 @@ async fn backup<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outco
     let mut state = PodState::from_json(&row.provisioning_state);
     state.handled_backup_request = Some(p.request.clone());
     state.last_backup = Some(info.clone());
-    state.last_error = None;
     Ok(Done {
-        update: PodUpdate {
-            status: Some("active"),
-            state: Some(state),
-            ..PodUpdate::default()
-        },
+        update: active(state),
         result: json!({ "request": p.request, "volid": info.volid, "size": entry.size }),
     })
 }
@@ -706,23 +692,21 @@ async fn scale<P: Proxmox>(ctx: &Ctx<P>, item: &Claimed, row: &PodRow) -> Outcom
         .pve
         .resize_disk(&node, vmid, &DiskId::scsi0(), disk)
         .await?;
-    let running = ctx.pve.status(&node, vmid).await?.status == RunStatus::Running;
     let mut state = PodState::from_json(&row.provisioning_state);
-    if cpu_mem_changed && running {
+    // Only new cores/memory on a running VM wait for a restart; ask the node only then.
+    if cpu_mem_changed && ctx.pve.status(&node, vmid).await?.status == RunStatus::Running {
         state.restart_required = true;
     }
-    state.last_error = None;
+    let restart_required = state.restart_required;
     Ok(Done {
         update: PodUpdate {
-            status: Some("active"),
             size: Some(p.size),
-            state: Some(state.clone()),
-            ..PodUpdate::default()
+            ..active(state)
         },
         result: json!({
             "size": p.size,
             "diskResized": resized == Applied::Now,
-            "restartRequired": state.restart_required,
+            "restartRequired": restart_required,
         }),
     })
 }
@@ -790,8 +774,7 @@ async fn sync_vm<P: Proxmox>(
     vmid: Vmid,
     mut state: PodState,
 ) -> Result<Done, SyncStop> {
-    let (node, vmid) = (node.clone(), vmid);
-    let cfg = ctx.pve.config(&node, vmid).await?;
+    let cfg = ctx.pve.config(node, vmid).await?;
     if cfg.lock.is_some() {
         return Err(JobError::retry("the VM is locked by a running task").into());
     }
@@ -811,7 +794,7 @@ async fn sync_vm<P: Proxmox>(
             memory.get()
         ));
         ctx.pve
-            .set_resources(&node, vmid, Some(cores), Some(memory))
+            .set_resources(node, vmid, Some(cores), Some(memory))
             .await?;
     }
     let disk_bytes = cfg.boot_disk.as_ref().and_then(|d| d.size_bytes);
@@ -822,7 +805,7 @@ async fn sync_vm<P: Proxmox>(
                 want.disk_gb
             ));
             ctx.pve
-                .resize_disk(&node, vmid, &DiskId::scsi0(), disk)
+                .resize_disk(node, vmid, &DiskId::scsi0(), disk)
                 .await?;
         } else if bytes > disk.bytes() {
             drift.push(format!(
@@ -831,19 +814,19 @@ async fn sync_vm<P: Proxmox>(
             ));
         }
     }
-    let status = ctx.pve.status(&node, vmid).await?;
+    let status = ctx.pve.status(node, vmid).await?;
     let running = status.status == RunStatus::Running;
     match (p.power_state, running) {
         (PowerState::Running, false) => {
             drift.push("the VM was stopped; started again".into());
-            let _permit = permit(ctx, &node).await?;
-            ctx.pve.start(&node, vmid).await?;
+            let _permit = permit(ctx, node).await?;
+            ctx.pve.start(node, vmid).await?;
         }
         (PowerState::Stopped, true) => {
             drift.push("the VM was running; stopped again".into());
-            let _permit = permit(ctx, &node).await?;
+            let _permit = permit(ctx, node).await?;
             ctx.pve
-                .shutdown(&node, vmid, ctx.settings.shutdown_timeout, true)
+                .shutdown(node, vmid, ctx.settings.shutdown_timeout, true)
                 .await?;
         }
         _ => {}
@@ -858,20 +841,17 @@ async fn sync_vm<P: Proxmox>(
         } else {
             Duration::ZERO
         };
-        if let Some(found) = wait_for_ip(ctx, &node, vmid, wait).await {
+        if let Some(found) = wait_for_ip(ctx, node, vmid, wait).await {
             ip = Some(found);
         }
     } else {
         ip = None;
     }
     state.power_state = Some(p.power_state);
-    state.last_error = None;
     Ok(Done {
         update: PodUpdate {
-            status: Some("active"),
             ip: Some(ip.clone()),
-            state: Some(state),
-            ..PodUpdate::default()
+            ..active(state)
         },
         result: json!({ "drift": drift, "ipAddress": ip }),
     })

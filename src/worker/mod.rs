@@ -90,18 +90,10 @@ impl Default for WorkerSettings {
             agent_poll: Duration::from_millis(500),
             backup_storage: "local".into(),
             shutdown_timeout: Duration::from_secs(60),
-            owner: default_owner(),
+            // Unique per process and readable in `lease_owner`.
+            owner: crate::leader::holder_identity(),
         }
     }
-}
-
-/// `<hostname>-<pid>-<random>`: unique per process, readable in `lease_owner`.
-pub fn default_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "worker".into());
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &rand[..6])
 }
 
 /// The worker's metrics.
@@ -309,7 +301,6 @@ async fn process<P: Proxmox + 'static>(ctx: &Arc<Ctx<P>>, item: Claimed) {
             record_failure(
                 ctx,
                 &item,
-                None,
                 &JobError::retry(format!("reading the pod failed: {e}")),
             )
             .await;
@@ -330,7 +321,6 @@ async fn process<P: Proxmox + 'static>(ctx: &Arc<Ctx<P>>, item: Claimed) {
             record_failure(
                 ctx,
                 &item,
-                None,
                 &JobError::fatal("the pod's cloud_pods row does not exist"),
             )
             .await;
@@ -355,7 +345,7 @@ async fn process<P: Proxmox + 'static>(ctx: &Arc<Ctx<P>>, item: Claimed) {
                 }
             }
             Err(err) => {
-                let outcome = record_failure(ctx, &item, Some(&row), &err).await;
+                let outcome = record_failure(ctx, &item, &err).await;
                 ctx.metrics
                     .job_duration
                     .observe(&[item.action.as_str(), "failure"], secs);
@@ -436,14 +426,9 @@ async fn record_success<P>(ctx: &Ctx<P>, item: &Claimed, done: &Done) -> bool {
     }
 }
 
-/// Records a failed attempt: retry later, or give up (`failed`, pod `error`). Returns the
-/// metrics outcome label.
-async fn record_failure<P>(
-    ctx: &Ctx<P>,
-    item: &Claimed,
-    row: Option<&crate::store::pods::PodRow>,
-    err: &JobError,
-) -> &'static str {
+/// Records a failed attempt: retry later, or give up (`failed`, pod `error` when its row
+/// exists). Returns the metrics outcome label.
+async fn record_failure<P>(ctx: &Ctx<P>, item: &Claimed, err: &JobError) -> &'static str {
     let retry = u32::try_from(item.attempt).unwrap_or(1).max(1);
     let delay = ctx.settings.backoff.delay(retry);
     let attempt = async {
@@ -452,8 +437,9 @@ async fn record_failure<P>(
             .begin()
             .await
             .map_err(StoreError::query("begin recording a failure"))?;
-        // Pod row before queue item, the order every other writer uses.
-        rstore::pod_by_id_locked(&mut tx, &item.pod_id).await?;
+        // Pod row before queue item, the order every other writer uses; the locked row is
+        // also the current one to note the error on.
+        let row = rstore::pod_by_id_locked(&mut tx, &item.pod_id).await?;
         let outcome = queue::fail(&mut tx, &item.lease, &err.message, err.retryable, delay).await?;
         if let (Some(FailOutcome::Failed), Some(row)) = (&outcome, row) {
             let mut state = payload::PodState::from_json(&row.provisioning_state);

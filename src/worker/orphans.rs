@@ -24,12 +24,8 @@ pub fn orphans<'a>(vms: &'a [ClusterVm], live: &BTreeSet<(i32, String)>) -> Vec<
 /// One scan over every node; returns the orphans found per node.
 pub(crate) async fn scan_once<P: Proxmox>(ctx: &Ctx<P>) -> BTreeMap<String, Vec<ClusterVm>> {
     let mut found: BTreeMap<String, Vec<ClusterVm>> = BTreeMap::new();
-    let live: BTreeSet<(i32, String)> = match rstore::known_vmids(&ctx.pool).await {
-        Ok(rows) => rows
-            .into_iter()
-            .filter(|(_, _, live)| *live)
-            .filter_map(|(v, n, _)| n.map(|n| (v, n)))
-            .collect(),
+    let live: BTreeSet<(i32, String)> = match rstore::live_vmids(&ctx.pool).await {
+        Ok(rows) => rows.into_iter().collect(),
         Err(e) => {
             tracing::warn!(error = %e, "orphan scan: reading cloud_pods failed");
             return found;
