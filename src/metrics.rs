@@ -36,28 +36,12 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// A counter family with `labels`, registered here.
     pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
-        let c = CounterVec(Arc::new(Inner {
-            name: name.to_string(),
-            help: help.to_string(),
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            values: Mutex::new(BTreeMap::new()),
-            buckets: Vec::new(),
-        }));
-        self.push(c.0.clone());
-        c
+        CounterVec(self.family(name, help, labels, &[]))
     }
 
     /// A gauge family with `labels`, registered here.
     pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-        let g = GaugeVec(Arc::new(Inner {
-            name: name.to_string(),
-            help: help.to_string(),
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            values: Mutex::new(BTreeMap::new()),
-            buckets: Vec::new(),
-        }));
-        self.push(g.0.clone());
-        g
+        GaugeVec(self.family(name, help, labels, &[]))
     }
 
     /// A histogram family with `labels` and upper `buckets` (ascending), registered here.
@@ -68,15 +52,29 @@ impl Registry {
         labels: &[&str],
         buckets: &[f64],
     ) -> HistogramVec {
-        let h = HistogramVec(Arc::new(Inner {
+        HistogramVec(self.family(name, help, labels, buckets))
+    }
+
+    /// A new, empty family, registered here.
+    fn family<V: Send + 'static>(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> Arc<Inner<V>>
+    where
+        Inner<V>: Family,
+    {
+        let f = Arc::new(Inner {
             name: name.to_string(),
             help: help.to_string(),
             labels: labels.iter().map(|l| l.to_string()).collect(),
             values: Mutex::new(BTreeMap::new()),
             buckets: buckets.to_vec(),
-        }));
-        self.push(h.0.clone());
-        h
+        });
+        self.push(f.clone());
+        f
     }
 
     fn push(&self, f: Arc<dyn Family>) {
@@ -84,6 +82,17 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(f);
+    }
+
+    /// The HTTP answer of a `/metrics` endpoint: [`Registry::render`] with its content type.
+    pub fn response(&self) -> impl axum::response::IntoResponse + use<> {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            self.render(),
+        )
     }
 
     /// The text exposition of every family.

@@ -236,6 +236,14 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// Runs `part` until it ends or the stop signal comes.
+async fn until_stopped(part: impl std::future::Future<Output = ()>, stop: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = part => {}
+        _ = stopped(stop) => {}
+    }
+}
+
 /// Starts every part in the background.
 pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -336,40 +344,24 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
         });
     }
     if parts.controller.label_selector.is_none() {
-        let ctx = ctx.clone();
-        let stop = stop_rx.clone();
-        spawn_part(&mut tasks, &live, "quota-row pruning", async move {
-            tokio::select! {
-                _ = controller::tenant_quota::prune_loop(ctx, tq_store, Duration::from_secs(60)) => {}
-                _ = stopped(stop) => {}
-            }
-        });
+        let prune =
+            controller::tenant_quota::prune_loop(ctx.clone(), tq_store, Duration::from_secs(60));
+        let part = until_stopped(prune, stop_rx.clone());
+        spawn_part(&mut tasks, &live, "quota-row pruning", part);
     }
 
     // Rows whose CloudPod vanished without its cleanup.
-    {
-        let ctx = ctx.clone();
-        let stop = stop_rx.clone();
-        let every = parts.controller.gc_interval;
-        spawn_part(&mut tasks, &live, "row sweep", async move {
-            tokio::select! {
-                _ = controller::gc::sweep_loop(ctx, every) => {}
-                _ = stopped(stop) => {}
-            }
-        });
-    }
+    let sweep = controller::gc::sweep_loop(ctx.clone(), parts.controller.gc_interval);
+    spawn_part(
+        &mut tasks,
+        &live,
+        "row sweep",
+        until_stopped(sweep, stop_rx.clone()),
+    );
 
     // Finished jobs re-reconcile their pod at once.
-    {
-        let ctx = ctx.clone();
-        let stop = stop_rx.clone();
-        spawn_part(&mut tasks, &live, "finished-job listener", async move {
-            tokio::select! {
-                _ = done_listener(ctx) => {}
-                _ = stopped(stop) => {}
-            }
-        });
-    }
+    let listener = until_stopped(done_listener(ctx.clone()), stop_rx.clone());
+    spawn_part(&mut tasks, &live, "finished-job listener", listener);
 
     // Worker pool.
     {
@@ -380,39 +372,12 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     }
 
     // Orphan scan (a worker duty: it calls Proxmox).
-    {
-        let stop = stop_rx.clone();
-        spawn_part(&mut tasks, &live, "orphan scan", async move {
-            tokio::select! {
-                _ = scan => {}
-                _ = stopped(stop) => {}
-            }
-        });
-    }
-
-    // Queue depth gauge.
-    let queue = Queue::new(parts.pool.clone());
-    {
-        let queue = queue.clone();
-        let gauge = queue_depth.clone();
-        let stop = stop_rx.clone();
-        spawn_part(&mut tasks, &live, "queue-depth sampler", async move {
-            let sample = async {
-                loop {
-                    if let Ok(depth) = queue.depth().await {
-                        for (status, n) in depth {
-                            gauge.set(&[&status], n as f64);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            };
-            tokio::select! {
-                _ = sample => {}
-                _ = stopped(stop) => {}
-            }
-        });
-    }
+    spawn_part(
+        &mut tasks,
+        &live,
+        "orphan scan",
+        until_stopped(scan, stop_rx.clone()),
+    );
 
     // HTTP endpoint.
     let mut addr = None;
@@ -425,7 +390,7 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
             worker_window: (parts.worker.poll_interval * 3).max(parts.worker.lease),
             registry,
             queue_depth,
-            queue,
+            queue: Queue::new(parts.pool.clone()),
         };
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -519,19 +484,14 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     (code, body)
 }
 
+/// The queue depth is read at each scrape, so the gauge is never older than the answer.
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     if let Ok(depth) = h.queue.depth().await {
         for (status, n) in depth {
             h.queue_depth.set(&[&status], n as f64);
         }
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        h.registry.render(),
-    )
+    h.registry.response()
 }
 
 /// The endpoint of a standby replica: /healthz and /readyz answer 200 (a healthy standby is
@@ -547,18 +507,7 @@ async fn serve_standby(listen: SocketAddr, registry: Registry) -> anyhow::Result
         )
         .route(
             "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        registry.render(),
-                    )
-                }
-            }),
+            get(move || std::future::ready(registry.response())),
         );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;

@@ -16,11 +16,15 @@ where
 {
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?;
-    let ansi = ansi && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
         .with_writer(writer);
+    // Colours are on by default unless NO_COLOR is set (tracing-subscriber checks it).
+    let builder = if ansi {
+        builder
+    } else {
+        builder.with_ansi(false)
+    };
     let result = if format == "json" {
         builder.json().try_init()
     } else {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cloudpods::crd::{CloudPod, CloudPodSpec, Phase};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use common::kube::unique_namespace;
 use common::operator::{TEST_LABEL, http_get};
-use common::process::{OperatorConfig, OperatorProc, tail, write_nodes_file};
+use common::process::{OperatorConfig, OperatorProc, log_files, tail, write_nodes_file};
 use common::ssh::PrivateSshd;
 
 const NODES: [&str; 2] = ["pve1", "pve2"];
@@ -43,12 +43,7 @@ impl Drop for Setup {
             return;
         }
         let Some(dir) = self.logs.take() else { return };
-        let mut logs: Vec<_> = std::fs::read_dir(dir.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
-        logs.sort();
-        for log in &logs {
+        for log in &log_files(dir.path()) {
             eprintln!("{}", tail(log, 40));
         }
         eprintln!("replica logs kept in {}", dir.keep().display());
@@ -98,42 +93,11 @@ async fn setup_with(more: &[&str]) -> Setup {
     }
 }
 
-fn log_text(p: &OperatorProc) -> String {
-    std::fs::read_to_string(&p.log).unwrap_or_default()
-}
-
-/// The first log line containing `needle`, with its timestamp.
-fn log_line(p: &OperatorProc, needle: &str) -> Option<(DateTime<Utc>, String)> {
-    let text = log_text(p);
-    let line = text.lines().find(|l| l.contains(needle))?;
-    let stamp = line.split_whitespace().next()?;
-    let at = DateTime::parse_from_rfc3339(stamp)
-        .ok()?
-        .with_timezone(&Utc);
-    Some((at, line.to_string()))
-}
-
-/// Waits until `p`'s log contains `needle` (panics with the log if `p` exits or time runs out).
-async fn wait_log(p: &mut OperatorProc, needle: &str, within: Duration) -> (DateTime<Utc>, String) {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = log_line(p, needle) {
-            return found;
-        }
-        p.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log of pid {} within {within:?}:\n{}",
-            p.pid(),
-            tail(&p.log, 60)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The address the replica's endpoint bound (`addr=...` of its "listening" line).
 fn endpoint(p: &OperatorProc, which: &str) -> std::net::SocketAddr {
-    let (_, line) = log_line(p, which).unwrap_or_else(|| panic!("no {which:?} line"));
+    let (_, line) = p
+        .log_line(which)
+        .unwrap_or_else(|| panic!("no {which:?} line"));
     let addr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("addr="))
@@ -166,7 +130,7 @@ async fn assert_standby(p: &OperatorProc) {
             "a standby exposes {family}: it runs controllers or workers\n{metrics}"
         );
     }
-    let log = log_text(p);
+    let log = p.log_text();
     for work in [
         "elected leader",
         "reconcil",
@@ -226,27 +190,21 @@ async fn wait_gone(pods: &Api<CloudPod>, name: &str, within: Duration) {
 /// Replica `a`, elected and running its parts, and replica `b` as its standby.
 async fn leader_and_standby(s: &Setup) -> (OperatorProc, OperatorProc) {
     let mut a = OperatorProc::spawn(&s.cfg, "a");
-    wait_log(&mut a, "elected leader", Duration::from_secs(30)).await;
-    wait_log(
-        &mut a,
-        "operator endpoint listening",
-        Duration::from_secs(10),
-    )
-    .await;
+    a.wait_log("elected leader", Duration::from_secs(30)).await;
+    a.wait_log("operator endpoint listening", Duration::from_secs(10))
+        .await;
     let mut b = OperatorProc::spawn(&s.cfg, "b");
-    wait_log(&mut b, "another replica leads", Duration::from_secs(30)).await;
+    b.wait_log("another replica leads", Duration::from_secs(30))
+        .await;
     (a, b)
 }
 
 /// Once `leader` runs its controllers: `create` goes Active, then `delete` is deleted and gone
 /// (VM destroyed, finalizer removed).
 async fn new_leader_works(s: &Setup, leader: &mut OperatorProc, create: &str, delete: &str) {
-    wait_log(
-        leader,
-        "operator endpoint listening",
-        Duration::from_secs(10),
-    )
-    .await;
+    leader
+        .wait_log("operator endpoint listening", Duration::from_secs(10))
+        .await;
     s.pods
         .create(&PostParams::default(), &cloudpod(s, create))
         .await
@@ -298,12 +256,9 @@ async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
     // SIGKILL the leader: the standby takes over within the bound.
     let killed_at = Instant::now();
     a.kill();
-    let (_, line) = wait_log(
-        &mut b,
-        "elected leader",
-        TAKEOVER_BOUND + Duration::from_secs(5),
-    )
-    .await;
+    let (_, line) = b
+        .wait_log("elected leader", TAKEOVER_BOUND + Duration::from_secs(5))
+        .await;
     let takeover = killed_at.elapsed();
     eprintln!(
         "leader: SIGKILL → standby elected in {} ms ({line})",
@@ -318,7 +273,8 @@ async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
 
     // A restarted replica (what Kubernetes does with the killed pod) is a standby.
     let mut c = OperatorProc::spawn(&s.cfg, "c");
-    wait_log(&mut c, "another replica leads", Duration::from_secs(30)).await;
+    c.wait_log("another replica leads", Duration::from_secs(30))
+        .await;
     assert_standby(&c).await;
 
     // Clean shutdown (rolling update): the leader releases, the standby starts at once.
@@ -329,7 +285,7 @@ async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
         .await
         .expect("SIGTERM b");
     assert!(status.success(), "b exited with {status}");
-    let (_, line) = wait_log(&mut c, "elected leader", Duration::from_secs(10)).await;
+    let (_, line) = c.wait_log("elected leader", Duration::from_secs(10)).await;
     let handoff = stopped_at.elapsed();
     eprintln!(
         "leader: SIGTERM → standby elected in {} ms ({line})",
@@ -396,7 +352,7 @@ async fn a_leader_that_loses_its_connection_stops_before_the_standby_starts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        !log_text(&a).contains("leadership lost"),
+        !a.log_text().contains("leadership lost"),
         "{}",
         tail(&a.log, 20)
     );
@@ -429,13 +385,10 @@ async fn a_leader_that_loses_its_connection_stops_before_the_standby_starts() {
         "the deposed leader exits with 1:\n{}",
         tail(&a.log, 20)
     );
-    let (lost_at, lost) = log_line(&a, "leadership lost").expect("a logs the loss");
-    let (elected_at, elected) = wait_log(
-        &mut b,
-        "elected leader",
-        TAKEOVER_BOUND + Duration::from_secs(5),
-    )
-    .await;
+    let (lost_at, lost) = a.log_line("leadership lost").expect("a logs the loss");
+    let (elected_at, elected) = b
+        .wait_log("elected leader", TAKEOVER_BOUND + Duration::from_secs(5))
+        .await;
     let takeover = cut_at.elapsed();
     eprintln!(
         "leader: connection cut → old leader stopped after {} ms, standby elected after {} ms",
@@ -447,7 +400,8 @@ async fn a_leader_that_loses_its_connection_stops_before_the_standby_starts() {
         "the new leader started before the old one stopped:\n{lost}\n{elected}"
     );
     // Nothing after the loss: the process left at once.
-    let after: Vec<String> = log_text(&a)
+    let after: Vec<String> = a
+        .log_text()
         .lines()
         .skip_while(|l| !l.contains("leadership lost"))
         .skip(1)
@@ -570,7 +524,7 @@ async fn the_leader_also_holds_a_lease_when_asked() {
     let leases: Api<Lease> = Api::namespaced(client, &s.cfg.namespace);
 
     let mut a = OperatorProc::spawn(&s.cfg, "a");
-    let (_, elected) = wait_log(&mut a, "elected leader", Duration::from_secs(30)).await;
+    let (_, elected) = a.wait_log("elected leader", Duration::from_secs(30)).await;
     let a_holder = holder_of(&elected);
     let lease = wait_lease_holder(&leases, Some(&a_holder), Duration::from_secs(5)).await;
     let spec = lease.spec.expect("spec");
@@ -592,7 +546,8 @@ async fn the_leader_also_holds_a_lease_when_asked() {
     }
 
     let mut b = OperatorProc::spawn(&s.cfg, "b");
-    wait_log(&mut b, "another replica leads", Duration::from_secs(30)).await;
+    b.wait_log("another replica leads", Duration::from_secs(30))
+        .await;
     assert_standby(&b).await;
 
     // A clean shutdown empties the Lease; the successor takes it (a second transition).
@@ -601,7 +556,7 @@ async fn the_leader_also_holds_a_lease_when_asked() {
         .await
         .expect("SIGTERM a");
     assert!(status.success(), "a exited with {status}");
-    let (_, elected) = wait_log(&mut b, "elected leader", Duration::from_secs(10)).await;
+    let (_, elected) = b.wait_log("elected leader", Duration::from_secs(10)).await;
     let b_holder = holder_of(&elected);
     let lease = wait_lease_holder(&leases, Some(&b_holder), Duration::from_secs(5)).await;
     assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(2));
@@ -639,8 +594,8 @@ async fn a_lease_held_elsewhere_blocks_nobody_for_good() {
     // Neither leads, and the one that took the database lock gives it up after one lease
     // instead of sitting on it.
     let deadline = Instant::now() + LEASE * 3;
-    while !(log_text(&a).contains("could not be taken")
-        || log_text(&b).contains("could not be taken"))
+    while !(a.log_text().contains("could not be taken")
+        || b.log_text().contains("could not be taken"))
     {
         a.assert_running();
         b.assert_running();
@@ -653,7 +608,7 @@ async fn a_lease_held_elsewhere_blocks_nobody_for_good() {
     }
     for p in [&a, &b] {
         assert!(
-            !log_text(p).contains("elected leader"),
+            !p.log_text().contains("elected leader"),
             "{}",
             tail(&p.log, 20)
         );
@@ -671,10 +626,10 @@ async fn a_lease_held_elsewhere_blocks_nobody_for_good() {
         .expect("delete the intruder's Lease");
     let deadline = Instant::now() + TAKEOVER_BOUND + LEASE;
     let leader = loop {
-        if log_text(&a).contains("elected leader") {
+        if a.log_text().contains("elected leader") {
             break &mut a;
         }
-        if log_text(&b).contains("elected leader") {
+        if b.log_text().contains("elected leader") {
             break &mut b;
         }
         a.assert_running();
@@ -685,6 +640,8 @@ async fn a_lease_held_elsewhere_blocks_nobody_for_good() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (_, elected) = wait_log(leader, "elected leader", Duration::from_secs(1)).await;
+    let (_, elected) = leader
+        .wait_log("elected leader", Duration::from_secs(1))
+        .await;
     wait_lease_holder(&leases, Some(&holder_of(&elected)), Duration::from_secs(5)).await;
 }

@@ -19,6 +19,10 @@ fn phase(cp: &CloudPod) -> Option<Phase> {
     cp.status.as_ref().and_then(|s| s.phase)
 }
 
+fn ready(cp: &CloudPod) -> bool {
+    condition(cp, "Ready").is_some_and(|(s, _)| s == "True")
+}
+
 async fn patch_spec(env: &OpEnv, name: &str, spec: serde_json::Value) {
     env.pods
         .patch(
@@ -35,11 +39,7 @@ async fn a_cloudpod_goes_active_scales_reboots_backs_up_stops_and_is_destroyed()
     let env = OpEnv::start().await;
     let tenant = format!("t-{}", &env.id[3..]);
     env.create(&env.cloudpod("web-1", &tenant, "starter")).await;
-    let cp = env
-        .wait_pod("web-1", T, "Ready", |cp| {
-            condition(cp, "Ready").is_some_and(|(s, _)| s == "True")
-        })
-        .await;
+    let cp = env.wait_pod("web-1", T, "Ready", ready).await;
     let st = cp.status.clone().unwrap();
     assert_eq!(st.phase, Some(Phase::Active));
     let vmid = st.vmid.expect("vmid");
@@ -327,11 +327,7 @@ async fn a_pod_ordered_through_the_api_is_adopted_not_admitted_twice() {
     cp.metadata.annotations =
         Some([(cloudpods::api::JOB_ANNOTATION.to_string(), job.to_string())].into());
     let created = env.create(&cp).await;
-    let cp = env
-        .wait_pod(&pod_id, T, "Ready", |c| {
-            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
-        })
-        .await;
+    let cp = env.wait_pod(&pod_id, T, "Ready", ready).await;
     assert_eq!(
         cp.status.as_ref().and_then(|s| s.pod_id.clone()),
         Some(pod_id.clone())
@@ -368,11 +364,7 @@ async fn ready_pod(
 ) -> (String, cloudpods::crd::CloudPodStatus) {
     let tenant = format!("{prefix}-{}", &env.id[3..]);
     env.create(&env.cloudpod(name, &tenant, plan)).await;
-    let cp = env
-        .wait_pod(name, T, "Ready", |c| {
-            condition(c, "Ready").is_some_and(|(s, _)| s == "True")
-        })
-        .await;
+    let cp = env.wait_pod(name, T, "Ready", ready).await;
     (tenant, cp.status.expect("status"))
 }
 
@@ -527,10 +519,7 @@ async fn an_unknown_plan_is_reported_once_without_a_retry_storm() {
     assert_eq!(rows, 0);
     // Fixing the spec admits it.
     patch_spec(&env, "nope", json!({ "planCode": "student" })).await;
-    env.wait_pod("nope", T, "Ready", |c| {
-        condition(c, "Ready").is_some_and(|(s, _)| s == "True")
-    })
-    .await;
+    env.wait_pod("nope", T, "Ready", ready).await;
 }
 
 #[tokio::test]

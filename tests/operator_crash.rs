@@ -24,7 +24,7 @@ use sqlx::PgPool;
 
 use common::kube::unique_namespace;
 use common::operator::{TEST_LABEL, condition};
-use common::process::{OperatorConfig, OperatorProc, tail, write_nodes_file};
+use common::process::{OperatorConfig, OperatorProc, log_files, tail, write_nodes_file};
 use common::ssh::PrivateSshd;
 
 const NODES: [&str; 2] = ["pve1", "pve2"];
@@ -150,11 +150,7 @@ impl Drop for Logs {
             return;
         }
         let Some(dir) = self.dir.take() else { return };
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(dir.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
-        logs.sort();
+        let logs = log_files(dir.path());
         for log in logs.iter().rev().take(2).rev() {
             eprintln!("{}", tail(log, 80));
         }

@@ -9,15 +9,16 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::plan::{self, Inputs, Pacing, Step};
 use super::status::{self, NotAdmitted, View};
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error};
 use crate::api::JOB_ANNOTATION;
-use crate::crd::{CloudPod, FINALIZER, GROUP};
+use crate::crd::{CloudPod, FINALIZER};
 use crate::queue::{self, Action as QAction, NewItem};
-use crate::quota::Requested;
+use crate::quota::{QuotaCheck, Requested};
 use crate::store::StoreError;
 use crate::store::pods::{self as pstore, NewPod, PodRow};
 use crate::store::reconcile as rstore;
@@ -27,7 +28,6 @@ use crate::worker::payload::{
 
 /// Reconciles one CloudPod.
 pub async fn reconcile(cp: Arc<CloudPod>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let span = tracing::info_span!(
         "reconcile",
         tenantId = %cp.spec.tenant_id,
@@ -36,18 +36,8 @@ pub async fn reconcile(cp: Arc<CloudPod>, ctx: Arc<Context>) -> Result<Action, E
         podId = tracing::field::Empty,
         vmid = tracing::field::Empty,
     );
-    let result = {
-        let _e = span.enter();
-        drop(_e);
-        tracing::Instrument::instrument(run(&cp, &ctx), span).await
-    };
-    ctx.metrics
-        .duration
-        .observe(&["cloudpod"], started.elapsed().as_secs_f64());
-    ctx.metrics
-        .reconciles
-        .inc(&["cloudpod", if result.is_ok() { "ok" } else { "error" }]);
-    result
+    ctx.measured("cloudpod", run(&cp, &ctx).instrument(span))
+        .await
 }
 
 /// What to do after a failed reconcile: count it and try again with a pause.
@@ -63,9 +53,9 @@ async fn run(cp: &CloudPod, ctx: &Context) -> Result<Action, Error> {
         .ok_or(Error::Malformed("metadata.namespace"))?;
     let api: Api<CloudPod> = Api::namespaced(ctx.client.clone(), &ns);
     if cp.meta().deletion_timestamp.is_some() {
-        return cleanup(cp, ctx, &api).await;
+        return cleanup(cp, ctx, &api, &ns).await;
     }
-    if !cp.finalizers().iter().any(|f| f == FINALIZER) {
+    if !has_finalizer(cp) {
         // Nothing is admitted or built until the stored object carries the finalizer: the
         // update event re-runs this reconcile with an object that proves it does.
         add_finalizer(cp, ctx, &api).await?;
@@ -86,31 +76,32 @@ async fn add_finalizer(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Res
     set_finalizers(cp, ctx, api, list).await
 }
 
+/// Whether the object carries our finalizer.
+fn has_finalizer(cp: &CloudPod) -> bool {
+    cp.finalizers().iter().any(|f| f == FINALIZER)
+}
+
 async fn remove_finalizer(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<(), Error> {
-    let rest: Vec<String> = cp
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    match set_finalizers(cp, ctx, api, rest).await {
-        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+    let without_ours = |cp: &CloudPod| -> Vec<String> {
+        cp.finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect()
+    };
+    let result = match set_finalizers(cp, ctx, api, without_ours(cp)).await {
         // Our own status write moved the resourceVersion on: once more on a fresh copy.
         Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
             let Some(fresh) = api.get_opt(&cp.name_any()).await? else {
                 return Ok(());
             };
-            let rest = fresh
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            match set_finalizers(&fresh, ctx, api, rest).await {
-                Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
-                other => other,
-            }
+            set_finalizers(&fresh, ctx, api, without_ours(&fresh)).await
         }
+        other => other,
+    };
+    match result {
+        // Gone meanwhile: nothing left to release.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
         other => other,
     }
 }
@@ -177,13 +168,9 @@ async fn apply(
         None => match admit(cp, ctx, uid, ns).await? {
             Admission::Admitted(r) => *r,
             Admission::Refused(why) => {
-                let requeue = match &why {
-                    NotAdmitted::Quota { .. } => ctx.settings.refused_recheck,
-                    NotAdmitted::Invalid { .. } => ctx.settings.refused_recheck,
-                };
                 let view = view_for(cp, None, Some(&why), None, 0);
                 write_status(cp, ctx, api, &view).await?;
-                return Ok(Action::requeue(requeue));
+                return Ok(Action::requeue(ctx.settings.refused_recheck));
             }
         },
     };
@@ -243,23 +230,12 @@ async fn write_status(
     if old == Some(&new) {
         return Ok(());
     }
-    let body = json!({
-        "apiVersion": format!("{GROUP}/v1alpha1"),
-        "kind": "CloudPod",
-        "status": new,
-    });
-    match api
-        .patch_status(
-            &cp.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
+    if !ctx
+        .apply_status(api, &cp.name_any(), &new, "cloudpod_status")
+        .await?
     {
-        Ok(_) => ctx.wrote("cloudpod_status"),
         // Gone meanwhile (deleted and finalized): nothing to report on.
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
+        return Ok(());
     }
     let reference = cp.object_ref(&());
     for note in status::notes(old, &new) {
@@ -328,7 +304,7 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
     }
     let size = plan::desired_size(&plan, spec, None);
     // An API order whose reservation was released keeps its id (the resource's name).
-    let reuse_name = name.starts_with("pod-") && crate::proxmox::PodId::parse(&name).is_ok();
+    let reuse_name = crate::proxmox::PodId::parse(&name).is_ok();
     let pod_id = if reuse_name {
         name.clone()
     } else {
@@ -348,19 +324,9 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
         k8s_name: name.clone(),
     };
     let mut adm = ctx.quotas.begin_admission(&spec.tenant_id).await?;
-    let check = adm
-        .check(&Requested {
-            pods: 1,
-            cpu_cores: size.cpu_cores.into(),
-            memory_mb: size.memory_mb.into(),
-            disk_gb: size.disk_gb.into(),
-        })
-        .await?;
+    let check = adm.check(&requested(1, size)).await?;
     if !check.allowed {
-        return Ok(Admission::Refused(NotAdmitted::Quota {
-            message: check.message.unwrap_or_else(|| "Quota exceeded".into()),
-            details: check.details,
-        }));
+        return Ok(Admission::Refused(quota_refusal(check)));
     }
     if let Some(cap) = plan.max_pods_per_tenant {
         let on_plan = pstore::count_live_on_plan(adm.conn(), &spec.tenant_id, &plan.code).await?;
@@ -379,44 +345,34 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
     }
     let revived = reuse_name && rstore::revive_released(adm.conn(), &new, uid).await?;
     if !revived {
-        match pstore::insert_pod(adm.conn(), &new, Some(uid)).await {
-            Ok(()) => {}
-            Err(e) if e.sqlstate().as_deref() == Some(rstore::UNIQUE_VIOLATION) => {
-                // The name is taken by another pod's row (not a released reservation):
-                // fall back to a fresh id.
-                drop(adm);
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        }
+        pstore::insert_pod(adm.conn(), &new, Some(uid)).await?;
     }
-    let job = queue::create_job(
-        adm.conn(),
-        &spec.tenant_id,
-        spec.user_id.as_deref(),
-        &new.id,
-        QAction::Create.job_type(),
-    )
-    .await?;
-    let payload = create_payload(cp, bp, size)?;
-    queue::enqueue(
-        adm.conn(),
-        &NewItem {
-            pod_id: &new.id,
-            job_id: Some(job),
-            action: QAction::Create,
-            payload,
-            max_attempts: ctx.settings.max_attempts,
-        },
-    )
-    .await?;
-    adm.commit().await?;
-    tracing::info!(podId = %new.id, "admitted");
-    let mut conn = acquire(ctx).await?;
-    let row = rstore::pod_by_id(&mut conn, &new.id)
+    let row = rstore::pod_by_id(adm.conn(), &new.id)
         .await?
         .ok_or(Error::Malformed("the admitted row"))?;
+    let payload = create_payload(cp, bp, size)?;
+    enqueue(adm.conn(), ctx, &row, QAction::Create, payload, None).await?;
+    adm.commit().await?;
+    tracing::info!(podId = %new.id, "admitted");
     Ok(Admission::Admitted(Box::new(row)))
+}
+
+/// What `pods` pods of `size` ask of the tenant's quota.
+fn requested(pods: i64, size: Size) -> Requested {
+    Requested {
+        pods,
+        cpu_cores: size.cpu_cores.into(),
+        memory_mb: size.memory_mb.into(),
+        disk_gb: size.disk_gb.into(),
+    }
+}
+
+/// The refusal a failed quota check reports.
+fn quota_refusal(check: QuotaCheck) -> NotAdmitted {
+    NotAdmitted::Quota {
+        message: check.message.unwrap_or_else(|| "Quota exceeded".into()),
+        details: check.details,
+    }
 }
 
 fn new_pod_id() -> String {
@@ -491,7 +447,7 @@ async fn begin_locked(
 
 /// Enqueues `action` for the pod, in the job named by the API (when it is this pod's) or a
 /// new one.
-async fn enqueue(
+pub(super) async fn enqueue(
     conn: &mut sqlx::PgConnection,
     ctx: &Context,
     row: &PodRow,
@@ -587,19 +543,11 @@ async fn decide_and_enqueue(
     };
     let step = plan::next_step(&inputs, &pacing);
     let generation = cp.meta().generation.unwrap_or(0);
-    let scale_refused = None;
-    let mut enqueued = 0;
     let item = match &step {
         Step::Enqueue(QAction::Create) => {
-            let size = Size {
-                cpu_cores: row.cpu_cores,
-                memory_mb: row.memory_mb,
-                disk_gb: row.disk_gb,
-            };
-            let size = match &plan_row {
-                Some(p) => plan::desired_size(p, spec, None),
-                None => size,
-            };
+            let size = plan_row
+                .as_ref()
+                .map_or(effective, |p| plan::desired_size(p, spec, None));
             let api_job = cp
                 .annotations()
                 .get(JOB_ANNOTATION)
@@ -645,14 +593,14 @@ async fn decide_and_enqueue(
             };
         }
     };
+    let enqueued = usize::from(item.is_some());
     if let Some((action, payload, api_job)) = item {
         enqueue(&mut tx, ctx, row, action, payload, api_job).await?;
-        enqueued = 1;
     }
     tx.commit()
         .await
         .map_err(StoreError::query("commit a reconcile"))?;
-    Ok((step, scale_refused, pending.len() + enqueued))
+    Ok((step, None, pending.len() + enqueued))
 }
 
 /// Admits a scale's growth under the tenant's lock, reserves the new size and enqueues the
@@ -683,20 +631,11 @@ async fn admit_scale(
         && row.reserved_memory_mb.unwrap_or(row.memory_mb) == desired.memory_mb
         && row.reserved_disk_gb.unwrap_or(row.disk_gb) == desired.disk_gb;
     if !already {
-        let g = plan::growth(desired, held);
         let check = adm
-            .check(&Requested {
-                pods: 0,
-                cpu_cores: g.cpu_cores.into(),
-                memory_mb: g.memory_mb.into(),
-                disk_gb: g.disk_gb.into(),
-            })
+            .check(&requested(0, plan::growth(desired, held)))
             .await?;
         if !check.allowed {
-            return Ok(Err(NotAdmitted::Quota {
-                message: check.message.unwrap_or_else(|| "Quota exceeded".into()),
-                details: check.details,
-            }));
+            return Ok(Err(quota_refusal(check)));
         }
         pstore::reserve_resources(
             adm.conn(),
@@ -719,14 +658,18 @@ async fn admit_scale(
 }
 
 /// Deletion: destroy through the worker, then release the finalizer.
-async fn cleanup(cp: &CloudPod, ctx: &Context, api: &Api<CloudPod>) -> Result<Action, Error> {
-    if !cp.finalizers().iter().any(|f| f == FINALIZER) {
+async fn cleanup(
+    cp: &CloudPod,
+    ctx: &Context,
+    api: &Api<CloudPod>,
+    ns: &str,
+) -> Result<Action, Error> {
+    if !has_finalizer(cp) {
         return Ok(Action::await_change());
     }
     let uid = uid_of(cp)?;
-    let ns = cp.namespace().unwrap_or_default();
     let mut conn = acquire(ctx).await?;
-    let row = rstore::find_for_resource(&mut conn, uid, &ns, &cp.name_any()).await?;
+    let row = rstore::find_for_resource(&mut conn, uid, ns, &cp.name_any()).await?;
     drop(conn);
     let row = match row {
         Some(r) if r.deleted_at.is_none() => r,

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{Context, Error};
 use crate::crd::CloudPod;
-use crate::queue::{self, Action as QAction, NewItem};
+use crate::queue::{self, Action as QAction};
 use crate::store::StoreError;
 use crate::store::reconcile as rstore;
 
@@ -47,25 +47,8 @@ pub async fn sweep(ctx: &Context, min_age: Duration) -> Result<Vec<String>, Erro
             continue;
         }
         rstore::mark_deleting(&mut tx, &id).await?;
-        let job = queue::create_job(
-            &mut tx,
-            &row.tenant_id,
-            row.user_id.as_deref(),
-            &id,
-            "destroy",
-        )
-        .await?;
-        queue::enqueue(
-            &mut tx,
-            &NewItem {
-                pod_id: &id,
-                job_id: Some(job),
-                action: QAction::Destroy,
-                payload: json!({ "reason": "the CloudPod no longer exists" }),
-                max_attempts: ctx.settings.max_attempts,
-            },
-        )
-        .await?;
+        let payload = json!({ "reason": "the CloudPod no longer exists" });
+        super::cloudpod::enqueue(&mut tx, ctx, &row, QAction::Destroy, payload, None).await?;
         tx.commit()
             .await
             .map_err(StoreError::query("commit a row sweep"))?;

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
@@ -217,6 +220,51 @@ impl Context {
     pub fn wrote(&self, kind: &str) {
         self.metrics.kube_writes.inc(&[kind]);
         self.kube_health.ok();
+    }
+
+    /// Applies `status` to the object `name` (server-side apply under [`FIELD_MANAGER`],
+    /// counted as a `kind` write); false when the object is gone.
+    async fn apply_status<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        status: &impl serde::Serialize,
+        kind: &str,
+    ) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+            Ok(_) => {
+                self.wrote(kind);
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one reconcile of `controller`, recording its duration and result.
+    async fn measured(
+        &self,
+        controller: &'static str,
+        run: impl Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        let started = std::time::Instant::now();
+        let result = run.await;
+        self.metrics
+            .duration
+            .observe(&[controller], started.elapsed().as_secs_f64());
+        self.metrics
+            .reconciles
+            .inc(&[controller, if result.is_ok() { "ok" } else { "error" }]);
+        result
     }
 }
 

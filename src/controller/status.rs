@@ -54,7 +54,8 @@ pub struct View<'a> {
     pub desired_power: PowerState,
 }
 
-fn cond(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
+/// A condition without generation and transition time (see [`stamp`]).
+pub(super) fn cond(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
@@ -226,15 +227,31 @@ pub fn build(
             });
         }
     }
-    for c in &mut conditions {
-        c.observed_generation = view.generation;
+    stamp(
+        &mut conditions,
+        previous.map(|p| p.conditions.as_slice()),
+        view.generation,
+        now,
+    );
+    s.conditions = conditions;
+    s
+}
+
+/// Sets `generation` on every condition, and its transition time: kept from the condition
+/// of the same type in `previous` when the status did not change, else `now`.
+pub(super) fn stamp(
+    conditions: &mut [Condition],
+    previous: Option<&[Condition]>,
+    generation: Option<i64>,
+    now: k8s_openapi::jiff::Timestamp,
+) {
+    for c in conditions {
+        c.observed_generation = generation;
         c.last_transition_time = previous
-            .and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
+            .and_then(|p| p.iter().find(|o| o.type_ == c.type_))
             .filter(|o| o.status == c.status)
             .map_or_else(|| Time(now), |o| o.last_transition_time.clone());
     }
-    s.conditions = conditions;
-    s
 }
 
 /// One Kubernetes Event worth publishing.

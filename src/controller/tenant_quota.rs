@@ -6,28 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER};
-use crate::crd::{GROUP, QuotaUsage, TenantQuota, TenantQuotaStatus};
+use super::status::{cond, stamp};
+use super::{Context, Error};
+use crate::crd::{QuotaUsage, TenantQuota, TenantQuotaStatus};
 use crate::quota::QuotaLimits;
 
 /// Reconciles one TenantQuota.
 pub async fn reconcile(tq: Arc<TenantQuota>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = run(&tq, &ctx).await;
-    ctx.metrics
-        .duration
-        .observe(&["tenantquota"], started.elapsed().as_secs_f64());
-    ctx.metrics
-        .reconciles
-        .inc(&["tenantquota", if result.is_ok() { "ok" } else { "error" }]);
-    result
+    ctx.measured("tenantquota", run(&tq, &ctx)).await
 }
 
 /// Counts the failure and retries after a pause.
@@ -68,23 +59,8 @@ async fn run(tq: &TenantQuota, ctx: &Context) -> Result<Action, Error> {
     let status = build_status(tq, &limits, usage, k8s_openapi::jiff::Timestamp::now());
     if old != Some(&status) {
         let api: Api<TenantQuota> = Api::all(ctx.client.clone());
-        let body = json!({
-            "apiVersion": format!("{GROUP}/v1alpha1"),
-            "kind": "TenantQuota",
-            "status": status,
-        });
-        match api
-            .patch_status(
-                &tenant,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-        {
-            Ok(_) => ctx.wrote("tenantquota_status"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        ctx.apply_status(&api, &tenant, &status, "tenantquota_status")
+            .await?;
         let exceeded_now = is_exceeded(&status);
         if exceeded_now && old.is_none_or(|o| !is_exceeded(o)) {
             let reference = tq.object_ref(&());
@@ -125,48 +101,39 @@ pub fn build_status(
         || usage.memory_mb > limits.max_memory_mb
         || usage.disk_gb > limits.max_disk_gb;
     let generation = tq.meta().generation;
-    let old = tq.status.as_ref();
-    let mk = |t: &str, ok: bool, reason: &str, msg: &str| {
-        let status = if ok { "True" } else { "False" }.to_string();
-        let time = old
-            .and_then(|o| o.conditions.iter().find(|c| c.type_ == t))
-            .filter(|c| c.status == status)
-            .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
-        Condition {
-            type_: t.into(),
-            status,
-            reason: reason.into(),
-            message: msg.into(),
-            observed_generation: generation,
-            last_transition_time: time,
-        }
-    };
+    let mut conditions = vec![
+        cond(
+            "Synced",
+            true,
+            "Mirrored",
+            "limits are in force for new pods and scales",
+        ),
+        if exceeded {
+            cond(
+                "Exceeded",
+                true,
+                "OverLimit",
+                "usage is above the limits; new pods and growth are refused",
+            )
+        } else {
+            cond(
+                "Exceeded",
+                false,
+                "WithinLimits",
+                "usage is within the limits",
+            )
+        },
+    ];
+    stamp(
+        &mut conditions,
+        tq.status.as_ref().map(|o| o.conditions.as_slice()),
+        generation,
+        now,
+    );
     TenantQuotaStatus {
         usage: Some(usage),
         observed_generation: generation,
-        conditions: vec![
-            mk(
-                "Synced",
-                true,
-                "Mirrored",
-                "limits are in force for new pods and scales",
-            ),
-            if exceeded {
-                mk(
-                    "Exceeded",
-                    true,
-                    "OverLimit",
-                    "usage is above the limits; new pods and growth are refused",
-                )
-            } else {
-                mk(
-                    "Exceeded",
-                    false,
-                    "WithinLimits",
-                    "usage is within the limits",
-                )
-            },
-        ],
+        conditions,
     }
 }
 

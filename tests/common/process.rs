@@ -5,10 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use cloudpods::proxmox::ssh::SshNode;
 
 use super::operator::{TEST_LABEL, state_dir};
 use super::ssh::PrivateSshd;
+
+/// The log line of an operator whose endpoint is up (every part spawned).
+const READY_LINE: &str = "operator endpoint listening";
 
 /// How every incarnation of the operator is started.
 pub struct OperatorConfig {
@@ -97,7 +101,42 @@ impl OperatorProc {
     /// The endpoint is bound only after the database, Kubernetes and the nodes file were
     /// accepted and every part was spawned.
     pub fn is_ready(&self) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("operator endpoint listening"))
+        self.log_text().contains(READY_LINE)
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The first log line containing `needle`, with its timestamp.
+    pub fn log_line(&self, needle: &str) -> Option<(DateTime<Utc>, String)> {
+        let text = self.log_text();
+        let line = text.lines().find(|l| l.contains(needle))?;
+        let stamp = line.split_whitespace().next()?;
+        let at = DateTime::parse_from_rfc3339(stamp)
+            .ok()?
+            .with_timezone(&Utc);
+        Some((at, line.to_string()))
+    }
+
+    /// Waits until the log contains `needle` (panics with the log if the process exits or
+    /// time runs out).
+    pub async fn wait_log(&mut self, needle: &str, within: Duration) -> (DateTime<Utc>, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(found) = self.log_line(needle) {
+                return found;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log of pid {} within {within:?}:\n{}",
+                self.pid(),
+                tail(&self.log, 60)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Panics (with the log) if the process exited.
@@ -112,17 +151,7 @@ impl OperatorProc {
     }
 
     pub async fn wait_ready(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.is_ready() {
-            self.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "the operator (pid {}) is not ready after {within:?}:\n{}",
-                self.pid(),
-                tail(&self.log, 60)
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.wait_log(READY_LINE, within).await;
     }
 
     /// SIGKILL, then reap.
@@ -167,6 +196,16 @@ impl Drop for OperatorProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The `*.log` files in `dir`, sorted by name.
+pub fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    logs
 }
 
 /// The last `n` lines of a file.
