@@ -716,6 +716,17 @@ pub async fn apply_quota_synced(
     }
 }
 
+/// Creates the namespace `name` if it can: a real cluster needs it, the CRD-only test server
+/// has no namespaces at all (a failure, or an existing namespace, is only logged).
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some(name.into());
+    if let Err(e) = api.create(&PostParams::default(), &ns).await {
+        tracing::debug!(error = %e, "namespace not created (exists, or no core API)");
+    }
+}
+
 /// What waiting for the pods saw.
 struct Waited {
     wall: Option<Duration>,
@@ -980,13 +991,7 @@ pub async fn run(args: &BenchOperatorArgs) -> anyhow::Result<Vec<RunReport>> {
     crate::store::check_schema(&pool).await?;
     let client = crate::api::kube_client(args.kubeconfig.as_deref()).await?;
     let nodes = NodesConfig::load(&args.nodes_file)?;
-    // A real cluster needs the namespace; the CRD-only test server has no namespaces at all.
-    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
-    ns.metadata.name = Some(args.namespace.clone());
-    if let Err(e) = ns_api.create(&PostParams::default(), &ns).await {
-        tracing::debug!(error = %e, "namespace not created (exists, or no core API)");
-    }
+    create_namespace(&client, &args.namespace).await;
     let env = Env {
         args,
         client,

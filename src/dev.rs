@@ -28,7 +28,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
@@ -639,6 +639,8 @@ impl Started {
 
 /// Files and addresses of a started environment.
 struct EnvInfo {
+    /// The run's testenv directory.
+    dir: PathBuf,
     kubeconfig: PathBuf,
     database_url: String,
     ssh_port: String,
@@ -647,6 +649,7 @@ struct EnvInfo {
 
 /// What the finished set-up hands to the summary.
 struct Ready {
+    env: EnvInfo,
     api: SocketAddr,
     operator: Option<SocketAddr>,
     token: String,
@@ -855,6 +858,7 @@ async fn env_up(
         database_url: read("postgres/url")?,
         ssh_port: read("sshd/port")?,
         nodes,
+        dir,
     })
 }
 
@@ -1131,29 +1135,19 @@ async fn sandbox(
         NAMESPACE.into(),
     );
     let api_addr = api_listener.local_addr()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let reaper = tokio::spawn(crate::api::reaper::run(
-        state.clone(),
-        crate::api::reaper::ReaperSettings {
-            ttl: Duration::from_secs(300),
-            interval: Duration::from_secs(60),
-        },
-        stop_rx.clone(),
-    ));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let sweep = crate::api::reaper::ReaperSettings {
+        ttl: Duration::from_secs(300),
+        interval: Duration::from_secs(60),
+    };
     let api_task = tokio::spawn(async move {
-        let mut stop = stop_rx;
-        let served = crate::api::serve_on(state, api_listener, async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        if let Err(e) = served {
+        // Stops on `true`, or when the sender is gone.
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::api::serve_with_sweep(state, api_listener, sweep, stop).await {
             tracing::error!(error = %e, "the sandbox's API failed");
         }
-        let _ = reaper.await;
     });
     started.api = Some((stop_tx, api_task));
     let api = if api_addr.ip().is_unspecified() {
@@ -1174,12 +1168,7 @@ async fn sandbox(
     })?;
 
     // Quota, then the samples.
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
-    ns.metadata.name = Some(NAMESPACE.into());
-    if let Err(e) = namespaces.create(&PostParams::default(), &ns).await {
-        tracing::debug!(error = %e, "namespace not created (exists, or no core API)");
-    }
+    crate::bench_operator::create_namespace(&client, NAMESPACE).await;
     apply_quota(&client).await?;
     out.say(format!(
         "TenantQuota {TENANT}: {} pods, {} cores, {} MiB, {} GiB (mirrored into cloud_pod_quotas)",
@@ -1232,6 +1221,7 @@ async fn sandbox(
         out.say(format!("{msg}; the sandbox keeps running so you can look"));
     }
     Ok(Ready {
+        env,
         api,
         operator: operator_addr,
         token,
@@ -1241,10 +1231,9 @@ async fn sandbox(
 }
 
 /// The how-to-use-it block printed once the samples are Active.
-fn summary(args: &DevArgs, run: &Path, env_dir: &Path, ready: &Ready, total: f64) -> String {
+fn summary(args: &DevArgs, run: &Path, ready: &Ready, total: f64) -> String {
     let base = format!("http://{}{}", ready.api, crate::api::BASE);
-    let db = std::fs::read_to_string(env_dir.join("postgres").join("url")).unwrap_or_default();
-    let ssh_port = std::fs::read_to_string(env_dir.join("sshd").join("port")).unwrap_or_default();
+    let env = &ready.env;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -1255,11 +1244,7 @@ fn summary(args: &DevArgs, run: &Path, env_dir: &Path, ready: &Ready, total: f64
             .map_or_else(|| "not yet".into(), |t| format!("{t:.1} s"))
     );
     let _ = writeln!(s, "kubectl (the Kubernetes API server of this run):");
-    let _ = writeln!(
-        s,
-        "  export KUBECONFIG={}",
-        env_dir.join("kube").join("kubeconfig").display()
-    );
+    let _ = writeln!(s, "  export KUBECONFIG={}", env.kubeconfig.display());
     let _ = writeln!(s, "  kubectl get cloudpods -A");
     let _ = writeln!(s, "  kubectl get tenantquotas");
     let _ = writeln!(s, "  kubectl -n {NAMESPACE} describe cloudpod shop-db\n");
@@ -1287,22 +1272,23 @@ fn summary(args: &DevArgs, run: &Path, env_dir: &Path, ready: &Ready, total: f64
     let _ = writeln!(
         s,
         "  psql {} -c 'SELECT id, status, plan_code, vmid, node, ip_address FROM cloud_pods'\n",
-        db.trim()
+        env.database_url
     );
     if let Some(op) = ready.operator {
         let _ = writeln!(s, "operator: http://{op}/metrics  http://{op}/readyz");
     }
     let _ = writeln!(
         s,
-        "nodes:    pve1, pve2 = pve-sim behind sshd on 127.0.0.1:{} ({})",
-        ssh_port.trim(),
+        "nodes:    {} = pve-sim behind sshd on 127.0.0.1:{} ({})",
+        env.nodes.join(", "),
+        env.ssh_port,
         run.join("nodes.yaml").display()
     );
     let _ = writeln!(
         s,
         "logs:     {} (operator and API), {} (environment)",
         run.join("cloudpods.log").display(),
-        env_dir.display()
+        env.dir.display()
     );
     s
 }
@@ -1344,14 +1330,7 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
     };
     let result = match outcome {
         Ok(Ok(ready)) => {
-            let env_dir = run.join("testenv");
-            emit(&summary(
-                args,
-                &run,
-                &env_dir,
-                &ready,
-                out.t0.elapsed().as_secs_f64(),
-            ));
+            emit(&summary(args, &run, &ready, out.t0.elapsed().as_secs_f64()));
             if args.exit_when_active {
                 Ok(())
             } else {

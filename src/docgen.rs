@@ -162,7 +162,6 @@ pub fn type_name(schema: &Value, link_refs: bool) -> String {
             None => t.to_string(),
         },
         None if s.get("x-kubernetes-int-or-string").is_some() => "integer or string".to_string(),
-        None if s.get("x-kubernetes-preserve-unknown-fields").is_some() => "any".to_string(),
         None => "any".to_string(),
     }
 }
@@ -253,13 +252,8 @@ fn walk_fields(schema: &Value, prefix: &str, link_refs: bool, rows: &mut Vec<Fie
         }
         walk_fields(items, &item_path, link_refs, rows);
     }
-    if let Some(Value::Object(values)) = s.get("additionalProperties") {
-        walk_fields(
-            &Value::Object(values.clone()),
-            &format!("{prefix}.*"),
-            link_refs,
-            rows,
-        );
+    if let Some(values @ Value::Object(_)) = s.get("additionalProperties") {
+        walk_fields(values, &format!("{prefix}.*"), link_refs, rows);
     }
     let Some(props) = s.get("properties").and_then(Value::as_object) else {
         return;
@@ -840,7 +834,8 @@ pub fn api_reference(doc: &Value) -> String {
 
     out.push_str("## Operations\n\n");
     out.push_str("| method | path | authentication | summary |\n| --- | --- | --- | --- |\n");
-    let tags: Vec<(String, String)> = doc
+    // The document's tags in their order, then any tag only an operation names.
+    let mut order: Vec<(String, String)> = doc
         .get("tags")
         .and_then(Value::as_array)
         .map(|t| {
@@ -864,7 +859,6 @@ pub fn api_reference(doc: &Value) -> String {
             .unwrap_or("")
             .to_string()
     };
-    let mut order: Vec<(String, String)> = tags.clone();
     for op in &ops {
         let t = tag_of(op);
         if !order.iter().any(|(n, _)| *n == t) {

@@ -17,20 +17,15 @@ use cloudpods::proxmox::{
     ObservedState, Proxmox, ProxmoxError, RestoreSpec, RunStatus, SearchDomain, SizeSpec,
     SnapshotName, SshPublicKey, StorageId, Tag,
 };
-use common::proxmox::{PveEnv, TEMPLATE, clone_spec, job, marker, node, vmid};
+use common::proxmox::{PveEnv, TEMPLATE, clone_spec, fast_settings, job, marker, node, vmid};
 use common::ssh::sshd_action;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Fast polling, short retries: tests should not wait on production pacing.
-fn test_settings() -> DriverSettings {
-    common::proxmox::fast_settings()
-}
-
-/// A private sshd with node `pve1` and a driver for it with [`test_settings`].
+/// A private sshd with node `pve1` and a driver for it with [`fast_settings`].
 async fn start() -> PveEnv {
-    PveEnv::start(test_settings()).await
+    PveEnv::start(fast_settings()).await
 }
 
 /// Polls `check` until it returns `Some`, failing after `within`.
@@ -704,7 +699,7 @@ async fn hung_commands_time_out() {
     let env = PveEnv::start(DriverSettings {
         read_timeout: Duration::from_secs(1),
         action_timeout: Duration::from_secs(1),
-        ..test_settings()
+        ..fast_settings()
     })
     .await;
     let n = node();
@@ -932,7 +927,7 @@ async fn a_dropped_connection_during_a_detached_clone() {
 async fn a_clone_wait_gives_up_at_its_deadline_and_resumes() {
     let env = PveEnv::start(DriverSettings {
         job_deadline: Duration::from_millis(700),
-        ..test_settings()
+        ..fast_settings()
     })
     .await;
     let n = node();

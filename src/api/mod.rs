@@ -17,7 +17,6 @@ pub mod quota;
 pub mod reaper;
 pub mod validate;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -334,17 +333,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `addr` until `shutdown` resolves (in-flight requests finish).
-pub async fn serve(
+/// Serves the API on `listener` with the stale-reservation sweep beside it, both until
+/// `shutdown` resolves (in-flight requests finish, then the sweep stops).
+pub async fn serve_with_sweep(
     state: AppState,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    sweep: reaper::ReaperSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, "API listening");
-    serve_on(state, listener, shutdown).await
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(reaper::run(state.clone(), sweep, stop_rx));
+    let served = serve_on(state, listener, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    let _ = reaper.await;
+    served
 }
 
 /// Serves the API on an already bound listener (tests bind 127.0.0.1:0).
@@ -432,22 +437,16 @@ pub async fn run(args: &crate::cli::ApiArgs) -> anyhow::Result<()> {
     let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
     let quotas = Quotas::new(pool.clone(), args.quota.limits());
     let state = AppState::new(pool, quotas, verifier, client, args.kube.namespace.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let reaper = tokio::spawn(reaper::run(
-        state.clone(),
-        reaper::ReaperSettings {
-            ttl: args.reservation_ttl,
-            interval: args.reservation_sweep_interval,
-        },
-        stop_rx,
-    ));
-    let served = serve(state, args.listen, async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    })
-    .await;
-    let _ = reaper.await;
-    served
+    let addr = args.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "API listening");
+    let sweep = reaper::ReaperSettings {
+        ttl: args.reservation_ttl,
+        interval: args.reservation_sweep_interval,
+    };
+    serve_with_sweep(state, listener, sweep, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -18,7 +18,7 @@ use super::ssh::PrivateSshd;
 pub const TEMPLATE: u32 = 9000;
 
 /// Fast polling, short retries: tests should not wait on production pacing.
-pub fn fast_settings() -> cloudpods::proxmox::driver::DriverSettings {
+pub fn fast_settings() -> DriverSettings {
     use cloudpods::proxmox::driver::RetryPolicy;
     DriverSettings {
         read_timeout: Duration::from_secs(15),
