@@ -152,6 +152,11 @@ fn build(v: &View<'_>) -> CloudPodStatus {
     status::build(v, None, k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
 }
 
+/// A CloudPod asking for `Running` whose status the controller builds from `v`.
+fn running(v: &View<'_>) -> Value {
+    pod(PowerState::Running, Some(build(v)))
+}
+
 fn quota_refusal() -> NotAdmitted {
     NotAdmitted::Quota {
         message: "Pod limit exceeded: 2 of 2 pods in use".into(),
@@ -166,13 +171,15 @@ fn quota_refusal() -> NotAdmitted {
     }
 }
 
-fn assert_health(pod: &Value, status: &str, message_has: &str) {
+/// Asserts the health status and a part of the message; returns the whole message.
+fn assert_health(pod: &Value, status: &str, message_has: &str) -> String {
     let (s, m) = health(pod);
     assert_eq!(s, status, "status for message {m:?}");
     assert!(
         m.contains(message_has),
         "message {m:?} does not contain {message_has:?}"
     );
+    m
 }
 
 #[test]
@@ -187,7 +194,7 @@ fn no_status_yet_is_progressing() {
 #[test]
 fn status_of_an_older_generation_is_progressing() {
     let r = row("active", Some("10.0.0.5"), provisioned());
-    let mut p = pod(PowerState::Running, Some(build(&view(Some(&r)))));
+    let mut p = running(&view(Some(&r)));
     p["metadata"]["generation"] = 2.into();
     assert_health(&p, "Progressing", "observe generation 2");
 }
@@ -195,7 +202,7 @@ fn status_of_an_older_generation_is_progressing() {
 #[test]
 fn waiting_for_admission_is_progressing() {
     assert_health(
-        &pod(PowerState::Running, Some(build(&view(None)))),
+        &running(&view(None)),
         "Progressing",
         "Pending: waiting for quota admission",
     );
@@ -225,12 +232,11 @@ fn refused_scale_is_degraded_but_says_the_vm_keeps_its_size() {
         scale_refused: Some(&refused),
         ..view(Some(&r))
     };
-    assert_health(
-        &pod(PowerState::Running, Some(build(&v))),
+    let m = assert_health(
+        &running(&v),
         "Degraded",
         "ScaleQuotaExceeded: the new size does not fit",
     );
-    let (_, m) = health(&pod(PowerState::Running, Some(build(&v))));
     assert!(m.contains("keeps its current size"), "{m}");
 }
 
@@ -245,7 +251,7 @@ fn unknown_plan_is_degraded_with_the_reason() {
         ..view(None)
     };
     assert_health(
-        &pod(PowerState::Running, Some(build(&v))),
+        &running(&v),
         "Degraded",
         "UnknownPlan: plan `gold` does not exist",
     );
@@ -255,7 +261,7 @@ fn unknown_plan_is_degraded_with_the_reason() {
 fn provisioning_is_progressing() {
     let r = row("provisioning", None, PodState::default());
     assert_health(
-        &pod(PowerState::Running, Some(build(&view(Some(&r))))),
+        &running(&view(Some(&r))),
         "Progressing",
         "Provisioning: the VM is being built",
     );
@@ -265,7 +271,7 @@ fn provisioning_is_progressing() {
 fn active_with_an_address_is_healthy() {
     let r = row("active", Some("10.0.0.5"), provisioned());
     assert_health(
-        &pod(PowerState::Running, Some(build(&view(Some(&r))))),
+        &running(&view(Some(&r))),
         "Healthy",
         "VM 101 on pve1: running at 10.0.0.5",
     );
@@ -275,7 +281,7 @@ fn active_with_an_address_is_healthy() {
 fn active_without_an_address_or_with_work_in_flight_is_progressing() {
     let r = row("active", None, provisioned());
     assert_health(
-        &pod(PowerState::Running, Some(build(&view(Some(&r))))),
+        &running(&view(Some(&r))),
         "Progressing",
         "waiting for the guest agent",
     );
@@ -285,7 +291,7 @@ fn active_without_an_address_or_with_work_in_flight_is_progressing() {
         ..view(Some(&r))
     };
     assert_health(
-        &pod(PowerState::Running, Some(build(&v))),
+        &running(&v),
         "Progressing",
         "an operation on the VM is in progress",
     );
@@ -317,7 +323,7 @@ fn restart_required_stays_healthy_and_says_so() {
     };
     let r = row("active", Some("10.0.0.5"), state);
     assert_health(
-        &pod(PowerState::Running, Some(build(&view(Some(&r))))),
+        &running(&view(Some(&r))),
         "Healthy",
         "apply at the next reboot",
     );
@@ -331,7 +337,7 @@ fn error_is_degraded_with_last_error() {
     };
     let r = row("error", Some("10.0.0.5"), state);
     assert_health(
-        &pod(PowerState::Running, Some(build(&view(Some(&r))))),
+        &running(&view(Some(&r))),
         "Degraded",
         "VM 101 no longer exists on node pve1",
     );
@@ -344,7 +350,7 @@ fn being_deleted_is_progressing_and_a_failed_destroy_is_degraded() {
         deleting: true,
         ..view(Some(&r))
     };
-    let mut p = pod(PowerState::Running, Some(build(&v)));
+    let mut p = running(&v);
     p["metadata"]["deletionTimestamp"] =
         serde_json::to_value(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)).expect("time");
     assert_health(&p, "Progressing", "Deleting: the VM is being destroyed");
@@ -358,7 +364,7 @@ fn being_deleted_is_progressing_and_a_failed_destroy_is_degraded() {
         deleting: true,
         ..view(Some(&r))
     };
-    let mut p = pod(PowerState::Running, Some(build(&v)));
+    let mut p = running(&v);
     p["metadata"]["deletionTimestamp"] = "2026-11-27T10:00:00Z".into();
     assert_health(&p, "Degraded", "VM is locked (backup)");
 }
@@ -370,7 +376,7 @@ fn strings_with_quotes_and_non_ascii_reach_lua_intact() {
         ..provisioned()
     };
     let r = row("error", None, state);
-    let (s, m) = health(&pod(PowerState::Running, Some(build(&view(Some(&r))))));
+    let (s, m) = health(&running(&view(Some(&r))));
     assert_eq!(s, "Degraded");
     assert!(m.starts_with("bad \"quote\" \\ back"), "{m}");
 }

@@ -114,18 +114,9 @@ fn helm(home: &Path, args: &[&str]) -> Output {
         .expect("run helm")
 }
 
-fn out_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// One `helm template` result.
 struct Rendered {
     objects: Vec<Value>,
-    _dir: tempfile::TempDir,
 }
 
 /// `helm template` with the values files `layers` (in order); Err is helm's message.
@@ -151,15 +142,24 @@ fn try_render(layers: &[&str], include_crds: bool) -> Result<Rendered, String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = helm(dir.path(), &args);
     if !out.status.success() {
-        return Err(out_text(&out));
+        return Err(text(&out));
     }
     let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
-    let objects = parse_docs(&yaml);
-    Ok(Rendered { objects, _dir: dir })
+    Ok(Rendered {
+        objects: parse_docs(&yaml),
+    })
 }
 
 fn render(layers: &[&str]) -> Rendered {
     try_render(layers, false).unwrap_or_else(|e| panic!("helm template failed:\n{e}"))
+}
+
+/// helm's message for values the chart must refuse.
+fn render_err(layers: &[&str], why: &str) -> String {
+    match try_render(layers, false) {
+        Ok(_) => panic!("helm template rendered, but must refuse: {why}"),
+        Err(e) => e,
+    }
 }
 
 /// The non-empty YAML documents of a stream.
@@ -172,6 +172,20 @@ fn parse_docs(yaml: &str) -> Vec<Value> {
 impl Rendered {
     fn of_kind(&self, kind: &str) -> Vec<&Value> {
         self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    /// Every Role and ClusterRole.
+    fn roles(&self) -> Vec<&Value> {
+        let mut all = self.of_kind("Role");
+        all.extend(self.of_kind("ClusterRole"));
+        all
+    }
+
+    /// Every RoleBinding and ClusterRoleBinding.
+    fn bindings(&self) -> Vec<&Value> {
+        let mut all = self.of_kind("RoleBinding");
+        all.extend(self.of_kind("ClusterRoleBinding"));
+        all
     }
 
     fn get(&self, kind: &str, name: &str) -> &Value {
@@ -328,7 +342,7 @@ fn validate_built_ins(r: &Rendered) {
             .arg(&file)
             .output()
             .expect("run kubernetes-validate");
-        let report = out_text(&out);
+        let report = text(&out);
         assert!(
             out.status.success(),
             "kubernetes-validate {version}:\n{report}"
@@ -377,11 +391,7 @@ fn check_common(r: &Rendered) {
         .iter()
         .map(|sa| str_of(&sa["metadata"]["name"]))
         .collect();
-    for role in r
-        .of_kind("Role")
-        .into_iter()
-        .chain(r.of_kind("ClusterRole"))
-    {
+    for role in r.roles() {
         for (g, res, verb, _) in rule_rows(role) {
             assert!(
                 !g.contains('*') && !res.contains('*') && !verb.contains('*'),
@@ -397,11 +407,7 @@ fn check_common(r: &Rendered) {
             id(role)
         );
     }
-    for binding in r
-        .of_kind("RoleBinding")
-        .into_iter()
-        .chain(r.of_kind("ClusterRoleBinding"))
-    {
+    for binding in r.bindings() {
         let role_ref = &binding["roleRef"];
         let role = r.get(str_of(&role_ref["kind"]), str_of(&role_ref["name"]));
         if binding["kind"] == "RoleBinding" {
@@ -686,7 +692,7 @@ fn check_service_monitors(r: &Rendered) {
         .args(&files)
         .output()
         .expect("run the ServiceMonitor validator");
-    let report = out_text(&out);
+    let report = text(&out);
     assert!(out.status.success(), "ServiceMonitor validation:\n{report}");
     assert_eq!(
         report.matches("valid ServiceMonitor").count(),
@@ -713,11 +719,7 @@ fn chart_lints_strictly() {
             values.to_str().expect("utf-8"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "helm lint --strict:\n{}",
-        out_text(&out)
-    );
+    assert!(out.status.success(), "helm lint --strict:\n{}", text(&out));
 }
 
 #[test]
@@ -811,20 +813,14 @@ fn rendered_crds_and_example_resources_pass_a_server_side_dry_run() {
 
 #[test]
 fn defaults_fail_with_a_clear_message_until_required_values_are_set() {
-    let err = try_render(&[], false)
-        .err()
-        .expect("pure defaults must not render");
+    let err = render_err(&[], "pure defaults must not render");
     assert!(
         err.contains("database.url or database.existingSecret"),
         "{err}"
     );
-    let no_nodes = try_render(&[REQUIRED, "proxmox: {nodes: []}"], false)
-        .err()
-        .expect("no nodes");
+    let no_nodes = render_err(&[REQUIRED, "proxmox: {nodes: []}"], "no nodes");
     assert!(no_nodes.contains("proxmox.nodes"), "{no_nodes}");
-    let bad_alg = try_render(&[REQUIRED, "jwt: {algorithm: HS512}"], false)
-        .err()
-        .expect("HS512");
+    let bad_alg = render_err(&[REQUIRED, "jwt: {algorithm: HS512}"], "HS512");
     assert!(bad_alg.contains("jwt.algorithm"), "{bad_alg}");
 }
 
@@ -906,11 +902,7 @@ fn default_values_render_a_least_privilege_leader_elected_install() {
         }
     }
     // One ServiceAccount per component, bound to its own roles only.
-    for binding in r
-        .of_kind("RoleBinding")
-        .into_iter()
-        .chain(r.of_kind("ClusterRoleBinding"))
-    {
+    for binding in r.bindings() {
         let role = str_of(&binding["roleRef"]["name"]);
         let sa = str_of(&binding["subjects"][0]["name"]);
         let component = if role.starts_with("cp-cloudpods-api") {
@@ -1093,9 +1085,7 @@ fn existing_secrets_are_referenced_and_none_is_created() {
     let api = main_container(r.deployment("api"), "api");
     assert_eq!(env_value(api, "CLOUDPODS_JWT_ALGORITHM"), Some("RS256"));
     // Without any value and without existingSecret, the install is refused.
-    let err = try_render(&[REQUIRED, "jwt: {key: \"\"}"], false)
-        .err()
-        .expect("no JWT key");
+    let err = render_err(&[REQUIRED, "jwt: {key: \"\"}"], "no JWT key");
     assert!(err.contains("jwt.key or jwt.existingSecret"), "{err}");
 }
 
@@ -1110,11 +1100,7 @@ fn lease_disabled_keeps_the_election_without_lease_rbac() {
     assert_eq!(env_value(c, "CLOUDPODS_LEADER_ELECTION"), Some("true"));
     assert!(env(c, "CLOUDPODS_LEADER_LEASE_NAMESPACE").is_none());
     assert!(r.try_get("Role", "cp-cloudpods-operator-lease").is_none());
-    for role in r
-        .of_kind("Role")
-        .into_iter()
-        .chain(r.of_kind("ClusterRole"))
-    {
+    for role in r.roles() {
         assert!(
             rule_rows(role)
                 .iter()
@@ -1138,12 +1124,10 @@ fn leader_election_off_runs_one_replica_and_refuses_two() {
     assert_eq!(env_value(c, "CLOUDPODS_LEADER_ELECTION"), Some("false"));
     assert!(env(c, "CLOUDPODS_LEADER_LEASE_NAMESPACE").is_none());
     assert!(r.try_get("Role", "cp-cloudpods-operator-lease").is_none());
-    let err = try_render(
+    let err = render_err(
         &[REQUIRED, "operator: {leaderElection: {enabled: false}}"],
-        false,
-    )
-    .err()
-    .expect("two replicas without an election must be refused");
+        "two replicas without an election must be refused",
+    );
     assert!(err.contains("leaderElection"), "{err}");
 }
 
@@ -1197,9 +1181,10 @@ fn watch_namespace_narrows_the_cloudpod_rbac_to_a_role() {
         NAMESPACE
     );
     // An operator that cannot see the API's CloudPods is refused.
-    let err = try_render(&[REQUIRED, "operator: {watchNamespace: tenants}"], false)
-        .err()
-        .expect("mismatched namespaces must be refused");
+    let err = render_err(
+        &[REQUIRED, "operator: {watchNamespace: tenants}"],
+        "mismatched namespaces must be refused",
+    );
     assert!(err.contains("operator.watchNamespace"), "{err}");
 }
 

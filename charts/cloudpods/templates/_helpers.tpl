@@ -72,11 +72,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.api.cloudpodNamespace | default .Release.Namespace -}}
 {{- end -}}
 
-{{/* Whether the leader additionally holds a coordination.k8s.io Lease. */}}
+{{/* The leader election's id (also the Lease's name): one per release by default. */}}
 {{- define "cloudpods.electionId" -}}
 {{- .Values.operator.leaderElection.id | default (printf "%s-operator" (include "cloudpods.fullname" .)) -}}
 {{- end }}
 
+{{/* Whether the leader additionally holds a coordination.k8s.io Lease ("true" or empty). */}}
 {{- define "cloudpods.leaseEnabled" -}}
 {{- if and .Values.operator.leaderElection.enabled .Values.operator.leaderElection.lease.enabled -}}true{{- end -}}
 {{- end -}}
