@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backoff;
 pub mod bench_api;
 pub mod bench_operator;
 pub mod bench_ssh;

@@ -14,8 +14,6 @@ pub mod plan;
 pub mod status;
 pub mod tenant_quota;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -30,6 +28,7 @@ use crate::crd::CloudPod;
 use crate::metrics::{CounterVec, HistogramVec, Registry};
 use crate::quota::Quotas;
 use crate::store::StoreError;
+use crate::telemetry::Heartbeat;
 
 pub use events::Events;
 
@@ -148,21 +147,17 @@ impl Error {
 
 /// Liveness of the Kubernetes side, for /readyz.
 #[derive(Clone, Debug, Default)]
-pub struct KubeHealth(Arc<AtomicI64>);
+pub struct KubeHealth(Heartbeat);
 
 impl KubeHealth {
     /// Records a successful Kubernetes call.
     pub fn ok(&self) {
-        self.0
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.0.beat();
     }
 
     /// True when a Kubernetes call succeeded within `within`.
     pub fn ok_within(&self, within: Duration) -> bool {
-        let last = self.0.load(Ordering::Relaxed);
-        last > 0
-            && chrono::Utc::now().timestamp_millis() - last
-                <= i64::try_from(within.as_millis()).unwrap_or(i64::MAX)
+        self.0.beat_within(within)
     }
 }
 

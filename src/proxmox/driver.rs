@@ -6,11 +6,11 @@
 //!
 //! - **Timeouts**: every remote command has one ([`DriverSettings::timeout_for`]); an expired
 //!   one is [`ProxmoxError::Timeout`].
-//! - **Retries**: exponential backoff with full jitter, only for transient errors (transport,
-//!   flock contention, no quorum) and only where repeating is harmless. Reads and idempotent
-//!   sets repeat freely; non-idempotent commands (reboot, rollback, a `+N` resize) are only
-//!   re-sent when the transport proves the first attempt never reached the node. A clone,
-//!   backup or restore is never re-run: they are detached jobs guarded by their job id.
+//! - **Retries**: exponential backoff with jitter ([`Backoff`]), only for transient errors
+//!   (transport, flock contention, no quorum) and only where repeating is harmless. Reads and
+//!   idempotent sets repeat freely; non-idempotent commands (reboot, rollback, a `+N` resize)
+//!   are only re-sent when the transport proves the first attempt never reached the node. A
+//!   clone, backup or restore is never re-run: they are detached jobs guarded by their job id.
 //! - **Lying exit codes**: after `qm disk resize` and `pvesm free` the state is read back.
 //! - **Long jobs** (clone, vzdump, qmrestore) run detached ([`detached`]) and are polled with
 //!   a deadline; a dropped connection during the wait reconnects and keeps polling.
@@ -19,7 +19,6 @@
 //!   to [`Applied::Already`] / [`Destroyed::AlreadyGone`].
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
@@ -39,8 +38,9 @@ use super::types::{
     RemoteDir, SizeSpec, SnapshotName, StorageId, Tag, Vmid, parse_config_size,
 };
 use super::{Applied, Destroyed, Proxmox, Result};
+use crate::backoff::Backoff;
 
-/// Retry policy for transient failures: exponential backoff with full jitter.
+/// Retry policy for transient failures: exponential backoff with jitter ([`Backoff`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (1 = no retry).
@@ -61,21 +61,17 @@ impl RetryPolicy {
         }
     }
 
-    /// The delay before retry number `retry` (1-based): a random point in
-    /// `[cap/2, cap]` with `cap = min(max_delay, base_delay * 2^(retry-1))`.
+    /// The schedule of the delays between attempts.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.base_delay,
+            max: self.max_delay,
+        }
+    }
+
+    /// The delay before retry number `retry` (1-based): see [`Backoff::delay`].
     pub fn delay(&self, retry: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(16));
-        let cap = exp.min(self.max_delay);
-        let half = cap / 2;
-        let spread = u64::try_from((cap - half).as_micros()).unwrap_or(u64::MAX);
-        let jitter = if spread == 0 {
-            0
-        } else {
-            random_u64() % (spread + 1)
-        };
-        half + Duration::from_micros(jitter)
+        self.backoff().delay(retry)
     }
 }
 
@@ -88,14 +84,6 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(5),
         }
     }
-}
-
-/// A random number from the standard library's per-process hasher keys (jitter needs no
-/// cryptographic quality, and this avoids a dependency).
-fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
 }
 
 /// Called after every remote command with its kind, duration and whether it succeeded

@@ -67,7 +67,7 @@ impl From<ProxmoxError> for JobError {
 
 impl From<StoreError> for JobError {
     fn from(e: StoreError) -> Self {
-        JobError::retry(super::error_chain(&e))
+        JobError::retry(crate::telemetry::error_chain(&e))
     }
 }
 
@@ -454,7 +454,79 @@ async fn finish_destroy<P: Proxmox>(
     destroy_confirmed(ctx, node, vmid).await
 }
 
-/// Removes what a failed clone of this pod left at `vmid` (see [`is_ours`]).
+/// Whether the caller holds the node slot already (a create discarding its failed clone holds
+/// it from the clone on) or [`remove_own_vm`] takes it around the stop (a destroy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeSlot {
+    Held,
+    Take,
+}
+
+/// What [`remove_own_vm`] found at the VMID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// Nothing: the VM does not exist.
+    Gone,
+    /// A guest that is not this pod's; left alone.
+    NotOurs,
+    /// This pod's VM, or the remains of a half-finished destroy, removed (the outcome).
+    Removed(&'static str),
+}
+
+/// Removes this pod's VM at `vmid`: waits for a running clone of this pod, finishes a destroy
+/// that died half-way, leaves a guest that is not this pod's ([`is_ours`]), waits for a
+/// running backup, and otherwise unlocks, stops and destroys the VM and confirms it is gone.
+async fn remove_own_vm<P: Proxmox>(
+    ctx: &Ctx<P>,
+    node: &NodeName,
+    vmid: Vmid,
+    marker: &OwnershipMarker,
+    clone_job: &JobId,
+    slot: NodeSlot,
+) -> Result<Removal, JobError> {
+    let cfg = match ctx.pve.config(node, vmid).await {
+        Ok(cfg) => cfg,
+        Err(e) if e.is_vm_not_found() => return Ok(Removal::Gone),
+        Err(e) => return Err(e.into()),
+    };
+    // A clone of this pod may still run on the node (its worker died; the job is detached):
+    // its config gets the marker only at the end. Wait for it.
+    let run = ctx.pve.job_state(node, clone_job).await?;
+    if run == JobState::Running {
+        return Err(JobError::retry("the VM is still being cloned"));
+    }
+    if half_destroyed(&cfg) {
+        // An earlier destroy died after it wiped the config (a crash, a cut connection) and
+        // left the placeholder: finish it.
+        return finish_destroy(ctx, node, vmid).await.map(Removal::Removed);
+    }
+    if !is_ours(&cfg, marker, &run) {
+        // Never destroy a guest that is not this pod's (a clone that never ran leaves the
+        // VMID to whoever took it).
+        return Ok(Removal::NotOurs);
+    }
+    if let Some(lock) = &cfg.lock {
+        if matches!(lock, LockKind::Backup) {
+            return Err(JobError::retry("a backup of the VM is running"));
+        }
+        ctx.pve.unlock(node, vmid).await?;
+    }
+    match slot {
+        NodeSlot::Held => {
+            ctx.pve.stop(node, vmid).await?;
+        }
+        NodeSlot::Take => {
+            let _permit = permit(ctx, node).await?;
+            ctx.pve.stop(node, vmid).await?;
+        }
+    }
+    destroy_confirmed(ctx, node, vmid)
+        .await
+        .map(Removal::Removed)
+}
+
+/// Removes what a failed clone of this pod left at `vmid`, under the node slot the create
+/// holds.
 async fn discard<P: Proxmox>(
     ctx: &Ctx<P>,
     node: &NodeName,
@@ -462,28 +534,9 @@ async fn discard<P: Proxmox>(
     marker: &OwnershipMarker,
     job: &JobId,
 ) -> Result<(), JobError> {
-    match ctx.pve.config(node, vmid).await {
-        Ok(cfg) => {
-            let run = ctx.pve.job_state(node, job).await?;
-            if run == JobState::Running {
-                return Err(JobError::retry("the failed clone is still running"));
-            }
-            if half_destroyed(&cfg) {
-                return finish_destroy(ctx, node, vmid).await.map(|_| ());
-            }
-            if !is_ours(&cfg, marker, &run) {
-                return Ok(());
-            }
-            if cfg.lock.is_some() {
-                ctx.pve.unlock(node, vmid).await?;
-            }
-            ctx.pve.stop(node, vmid).await?;
-            ctx.pve.destroy(node, vmid).await?;
-            Ok(())
-        }
-        Err(e) if e.is_vm_not_found() => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    remove_own_vm(ctx, node, vmid, marker, job, NodeSlot::Held)
+        .await
+        .map(|_| ())
 }
 
 async fn wait_for_ip<P: Proxmox>(
@@ -530,41 +583,15 @@ async fn destroy<P: Proxmox>(ctx: &Ctx<P>, row: &PodRow) -> Outcome {
     if let (Some(_), Some(_)) = (&row.node, row.vmid) {
         let (node, vmid) = located(row)?;
         let marker = marker(row)?;
-        outcome = match ctx.pve.config(&node, vmid).await {
-            Err(e) if e.is_vm_not_found() => "already gone",
-            Err(e) => return Err(e.into()),
-            Ok(cfg) => {
-                // A clone of this pod may still run on the node (its worker died; the job is
-                // detached): its config gets the marker only at the end. Wait for it.
-                let job = JobId::parse(&clone_job_id(vmid_i32(vmid), &row.id))
-                    .map_err(|e| bad("job", e))?;
-                let run = ctx.pve.job_state(&node, &job).await?;
-                if run == JobState::Running {
-                    return Err(JobError::retry("the VM is still being cloned"));
-                }
-                if half_destroyed(&cfg) {
-                    // An earlier attempt's destroy died after it wiped the config (a crash,
-                    // a cut connection) and left the placeholder: finish it.
-                    finish_destroy(ctx, &node, vmid).await?
-                } else if !is_ours(&cfg, &marker, &run) {
-                    // Never destroy a guest that is not this pod's (a clone that never ran
-                    // leaves the VMID to whoever took it).
-                    tracing::warn!(%node, vmid = vmid.get(), "the guest at this VMID is not ours; leaving it");
-                    "the VMID holds another guest; left alone"
-                } else {
-                    if let Some(lock) = &cfg.lock {
-                        if matches!(lock, LockKind::Backup) {
-                            return Err(JobError::retry("a backup of the VM is running"));
-                        }
-                        ctx.pve.unlock(&node, vmid).await?;
-                    }
-                    {
-                        let _permit = permit(ctx, &node).await?;
-                        ctx.pve.stop(&node, vmid).await?;
-                    }
-                    destroy_confirmed(ctx, &node, vmid).await?
-                }
+        let job =
+            JobId::parse(&clone_job_id(vmid_i32(vmid), &row.id)).map_err(|e| bad("job", e))?;
+        outcome = match remove_own_vm(ctx, &node, vmid, &marker, &job, NodeSlot::Take).await? {
+            Removal::Gone => "already gone",
+            Removal::NotOurs => {
+                tracing::warn!(%node, vmid = vmid.get(), "the guest at this VMID is not ours; leaving it");
+                "the VMID holds another guest; left alone"
             }
+            Removal::Removed(how) => how,
         };
     }
     let mut state = PodState::from_json(&row.provisioning_state);

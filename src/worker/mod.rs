@@ -18,7 +18,6 @@ pub mod payload;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -30,8 +29,11 @@ use crate::proxmox::{NodeName, Proxmox};
 use crate::queue::{self, Backoff, Claimed, FailOutcome, Queue};
 use crate::store::StoreError;
 use crate::store::reconcile::{self as rstore, Fenced, PodUpdate};
+use crate::telemetry::Heartbeat;
 
 pub use handlers::{Done, JobError, clone_job_id};
+// Moved to telemetry; re-exported for the callers that still import it from here.
+use crate::telemetry::error_chain;
 
 /// Where new VMs go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,19 +128,16 @@ impl WorkerMetrics {
 
 /// Liveness of the worker loop, for /readyz.
 #[derive(Clone, Debug, Default)]
-pub struct WorkerHealth(Arc<AtomicI64>);
+pub struct WorkerHealth(Heartbeat);
 
 impl WorkerHealth {
     fn beat(&self) {
-        self.0
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.0.beat();
     }
 
     /// True when a worker loop went round within `within`.
     pub fn alive_within(&self, within: Duration) -> bool {
-        let last = self.0.load(Ordering::Relaxed);
-        let age = chrono::Utc::now().timestamp_millis() - last;
-        last > 0 && age <= i64::try_from(within.as_millis()).unwrap_or(i64::MAX)
+        self.0.beat_within(within)
     }
 }
 
@@ -471,16 +470,4 @@ async fn record_failure<P>(ctx: &Ctx<P>, item: &Claimed, err: &JobError) -> &'st
             "fenced"
         }
     }
-}
-
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

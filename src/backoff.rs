@@ -1,8 +1,9 @@
-//! The retry schedule.
+//! The retry schedule shared by the queue (a failed item's next claim) and the Proxmox
+//! driver (a transient command failure): exponential growth with jitter.
 
 use std::time::Duration;
 
-/// Retry schedule: exponential backoff with jitter.
+/// Exponential backoff with jitter.
 ///
 /// The `n`th retry (1-based) waits a random time in `[cap/2, cap]`, where
 /// `cap = min(max, base * 2^(n-1))`: spread out so items failing together do not retry
