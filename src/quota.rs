@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::crd::{QuotaDetails, QuotaUsage};
 use crate::store::StoreError;
+use crate::store::pods::count_live_on_plan;
 
 /// A tenant's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -171,6 +172,37 @@ pub fn check(limits: &QuotaLimits, usage: &QuotaUsage, requested: &Requested) ->
     }
 }
 
+/// The `error_code` of a refusal by a plan's per-tenant cap (part of the REST contract).
+pub const PLAN_POD_LIMIT_EXCEEDED: &str = "PLAN_POD_LIMIT_EXCEEDED";
+
+/// Pure plan cap check: a tenant holding `on_plan` live pods on plan `plan_code`, whose plan
+/// allows `cap` per tenant, cannot order one more. `details` are those of the quota check
+/// that passed; a refusal names `pods` / `PLAN_POD_LIMIT_EXCEEDED` in them.
+pub fn check_plan_cap(
+    plan_code: &str,
+    cap: i32,
+    on_plan: i64,
+    details: &QuotaDetails,
+) -> QuotaCheck {
+    if on_plan < i64::from(cap) {
+        return QuotaCheck {
+            allowed: true,
+            message: None,
+            details: details.clone(),
+        };
+    }
+    let mut details = details.clone();
+    details.error_field = Some("pods".into());
+    details.error_code = Some(PLAN_POD_LIMIT_EXCEEDED.into());
+    QuotaCheck {
+        allowed: false,
+        message: Some(format!(
+            "Quota exceeded: plan `{plan_code}` allows {cap} pods per tenant"
+        )),
+        details,
+    }
+}
+
 /// Limits minus usage, floored at zero.
 pub fn available(limits: &QuotaLimits, usage: &QuotaUsage) -> QuotaUsage {
     QuotaUsage {
@@ -307,6 +339,23 @@ impl Admission {
         let (limits, _) = limits_on(&mut self.tx, &self.tenant_id, self.defaults).await?;
         let usage = usage_on(&mut self.tx, &self.tenant_id).await?;
         Ok(check(&limits, &usage, requested))
+    }
+
+    /// Checks one more pod on plan `plan_code` against the plan's per-tenant `cap` (none:
+    /// no cap), counting the tenant's live pods on the plan under the lock. `details` are
+    /// those of the [`Admission::check`] that passed. `Some` is the refusal.
+    pub async fn check_plan_cap(
+        &mut self,
+        plan_code: &str,
+        cap: Option<i32>,
+        details: &QuotaDetails,
+    ) -> Result<Option<QuotaCheck>, StoreError> {
+        let Some(cap) = cap else {
+            return Ok(None);
+        };
+        let on_plan = count_live_on_plan(&mut self.tx, &self.tenant_id, plan_code).await?;
+        let check = check_plan_cap(plan_code, cap, on_plan, details);
+        Ok((!check.allowed).then_some(check))
     }
 
     /// The transaction, to record the reservation in.
@@ -515,6 +564,33 @@ mod tests {
             &req(1, 0, 0, 0),
         );
         assert!(!c.allowed);
+    }
+
+    #[test]
+    fn a_plan_cap_refuses_the_pod_past_it_and_keeps_the_details() {
+        let passed = check(
+            &QuotaLimits::default(),
+            &usage(1, 1, 1024, 10),
+            &req(1, 1, 1024, 10),
+        );
+        assert!(passed.allowed);
+        let c = check_plan_cap("student", 2, 1, &passed.details);
+        assert!(c.allowed, "{c:?}");
+        assert_eq!(c.details, passed.details);
+        for on_plan in [2, 3] {
+            let c = check_plan_cap("student", 2, on_plan, &passed.details);
+            assert!(!c.allowed);
+            assert_eq!(
+                c.message.as_deref(),
+                Some("Quota exceeded: plan `student` allows 2 pods per tenant")
+            );
+            assert_eq!(c.details.error_field.as_deref(), Some("pods"));
+            assert_eq!(
+                c.details.error_code.as_deref(),
+                Some("PLAN_POD_LIMIT_EXCEEDED")
+            );
+            assert_eq!(c.details.current_pods, 1);
+        }
     }
 
     #[test]

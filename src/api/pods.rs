@@ -24,7 +24,7 @@ use super::validate::{
 };
 use super::{AppState, BASE};
 use crate::crd::Phase;
-use crate::quota::Requested;
+use crate::quota::{QuotaCheck, Requested};
 use crate::store::pods::{self as store, JobRef, NewJob, NewPod, PodRef, PodRow};
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -55,10 +55,14 @@ fn accepted(status: StatusCode, body: Accepted) -> Response {
     response
 }
 
-fn new_pod_id() -> String {
-    let ms = chrono::Utc::now().timestamp_millis();
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("pod-{ms}-{}", &rand[..8])
+/// The answer to a refused quota check.
+fn quota_exceeded(check: QuotaCheck) -> ApiError {
+    ApiError::QuotaExceeded {
+        message: check
+            .message
+            .unwrap_or_else(|| "Quota exceeded".to_string()),
+        details: Box::new(check.details),
+    }
 }
 
 async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<PodRow, ApiError> {
@@ -185,31 +189,16 @@ pub async fn order(
     };
     let check = admission.check(&requested).await?;
     if !check.allowed {
-        return Err(ApiError::QuotaExceeded {
-            message: check
-                .message
-                .unwrap_or_else(|| "Quota exceeded".to_string()),
-            details: Box::new(check.details),
-        });
+        return Err(quota_exceeded(check));
     }
-    if let Some(cap) = plan.max_pods_per_tenant {
-        let on_plan =
-            store::count_live_on_plan(admission.conn(), &caller.tenant_id, &plan.code).await?;
-        if on_plan >= i64::from(cap) {
-            let mut details = check.details;
-            details.error_field = Some("pods".into());
-            details.error_code = Some("PLAN_POD_LIMIT_EXCEEDED".into());
-            return Err(ApiError::QuotaExceeded {
-                message: format!(
-                    "Quota exceeded: plan `{}` allows {cap} pods per tenant",
-                    plan.code
-                ),
-                details: Box::new(details),
-            });
-        }
+    if let Some(refused) = admission
+        .check_plan_cap(&plan.code, plan.max_pods_per_tenant, &check.details)
+        .await?
+    {
+        return Err(quota_exceeded(refused));
     }
 
-    let pod_id = new_pod_id();
+    let pod_id = store::new_pod_id();
     let new = NewPod {
         id: pod_id.clone(),
         tenant_id: caller.tenant_id.clone(),
@@ -531,12 +520,7 @@ pub async fn scale(
             }
             let check = admission.check(&requested).await?;
             if !check.allowed {
-                return Err(ApiError::QuotaExceeded {
-                    message: check
-                        .message
-                        .unwrap_or_else(|| "Quota exceeded".to_string()),
-                    details: Box::new(check.details),
-                });
+                return Err(quota_exceeded(check));
             }
             store::reserve_resources(
                 admission.conn(),
@@ -684,8 +668,8 @@ mod tests {
 
     #[test]
     fn new_pod_ids_are_valid_and_distinct() {
-        let a = new_pod_id();
-        let b = new_pod_id();
+        let a = store::new_pod_id();
+        let b = store::new_pod_id();
         assert_ne!(a, b);
         assert!(matches!(pod_ref(&a), Ok(PodRef::Id(_))), "{a}");
     }

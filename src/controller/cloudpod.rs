@@ -147,8 +147,7 @@ async fn apply(
     let row = match found {
         Some(r) if r.deleted_at.is_none() => {
             if r.k8s_uid.is_none() {
-                let mut conn = acquire(ctx).await?;
-                rstore::adopt_uid(&mut conn, &r.id, uid).await?;
+                pstore::set_k8s_uid(&ctx.pool, &r.id, uid).await?;
             }
             Some(r)
         }
@@ -308,7 +307,7 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
     let pod_id = if reuse_name {
         name.clone()
     } else {
-        new_pod_id()
+        pstore::new_pod_id()
     };
     let new = NewPod {
         id: pod_id,
@@ -328,20 +327,11 @@ async fn admit(cp: &CloudPod, ctx: &Context, uid: Uuid, ns: &str) -> Result<Admi
     if !check.allowed {
         return Ok(Admission::Refused(quota_refusal(check)));
     }
-    if let Some(cap) = plan.max_pods_per_tenant {
-        let on_plan = pstore::count_live_on_plan(adm.conn(), &spec.tenant_id, &plan.code).await?;
-        if on_plan >= i64::from(cap) {
-            let mut details = check.details;
-            details.error_field = Some("pods".into());
-            details.error_code = Some("PLAN_LIMIT_EXCEEDED".into());
-            return Ok(Admission::Refused(NotAdmitted::Quota {
-                message: format!(
-                    "Quota exceeded: plan `{}` allows {cap} pods per tenant",
-                    plan.code
-                ),
-                details,
-            }));
-        }
+    if let Some(refused) = adm
+        .check_plan_cap(&plan.code, plan.max_pods_per_tenant, &check.details)
+        .await?
+    {
+        return Ok(Admission::Refused(quota_refusal(refused)));
     }
     let revived = reuse_name && rstore::revive_released(adm.conn(), &new, uid).await?;
     if !revived {
@@ -373,12 +363,6 @@ fn quota_refusal(check: QuotaCheck) -> NotAdmitted {
         message: check.message.unwrap_or_else(|| "Quota exceeded".into()),
         details: check.details,
     }
-}
-
-fn new_pod_id() -> String {
-    let ms = chrono::Utc::now().timestamp_millis();
-    let rand = Uuid::new_v4().simple().to_string();
-    format!("pod-{ms}-{}", &rand[..8])
 }
 
 fn create_payload(
@@ -480,9 +464,6 @@ async fn decide_and_enqueue(
     row: &PodRow,
 ) -> Result<(Step, Option<NotAdmitted>, usize), Error> {
     let spec = &cp.spec;
-    // Catalog reads first: never hold a pooled connection while asking for another.
-    let plan_row = pstore::plan(&ctx.pool, &spec.plan_code).await?;
-    let bp = rstore::blueprint(&ctx.pool, &spec.blueprint).await?;
     let mut tx = begin_locked(ctx, &row.id).await?;
     let pending = queue::pending_for_pod(&mut tx, &row.id).await?;
     let state = PodState::from_json(&row.provisioning_state);
@@ -491,8 +472,15 @@ async fn decide_and_enqueue(
         memory_mb: row.memory_mb,
         disk_gb: row.disk_gb,
     };
+    // Catalog rows are read only where a branch needs them, and on the transaction's own
+    // connection: a pooled connection is never held while asking the pool for another.
+    let plan_row = if state.provisioned {
+        Some(pstore::plan(&mut *tx, &spec.plan_code).await?)
+    } else {
+        None
+    };
     let desired = match &plan_row {
-        Some(p) if state.provisioned => plan::desired_size(p, spec, Some(row.disk_gb)),
+        Some(Some(p)) => plan::desired_size(p, spec, Some(row.disk_gb)),
         _ => effective,
     };
     let reboot_seen = match &spec.reboot_request {
@@ -545,18 +533,19 @@ async fn decide_and_enqueue(
     let generation = cp.meta().generation.unwrap_or(0);
     let item = match &step {
         Step::Enqueue(QAction::Create) => {
+            let plan_row = match plan_row {
+                Some(read) => read,
+                None => pstore::plan(&mut *tx, &spec.plan_code).await?,
+            };
             let size = plan_row
                 .as_ref()
                 .map_or(effective, |p| plan::desired_size(p, spec, None));
+            let bp = rstore::blueprint(&mut *tx, &spec.blueprint).await?;
             let api_job = cp
                 .annotations()
                 .get(JOB_ANNOTATION)
                 .and_then(|j| j.parse::<i64>().ok());
-            Some((
-                QAction::Create,
-                create_payload(cp, bp.clone(), size)?,
-                api_job,
-            ))
+            Some((QAction::Create, create_payload(cp, bp, size)?, api_job))
         }
         Step::Enqueue(a @ (QAction::Start | QAction::Stop | QAction::Sync)) => Some((
             *a,

@@ -72,15 +72,25 @@ impl StoreError {
 
     /// The SQLSTATE of the underlying database error, if the server reported one.
     pub fn sqlstate(&self) -> Option<String> {
-        let source = match self {
+        self.database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned())
+    }
+
+    /// Whether a statement failed on a unique constraint (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        self.database_error()
+            .is_some_and(|e| e.is_unique_violation())
+    }
+
+    /// The error the server reported, if any.
+    fn database_error(&self) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
+        match self {
             StoreError::Query { source, .. } | StoreError::Connect { source, .. } => source,
             StoreError::InvalidUrl(source) => source,
             StoreError::Migrate(_) | StoreError::SchemaBehind { .. } => return None,
-        };
-        source
-            .as_database_error()
-            .and_then(|e| e.code())
-            .map(|c| c.into_owned())
+        }
+        .as_database_error()
     }
 }
 

@@ -286,6 +286,13 @@ pub async fn count_live_on_plan(
     .map_err(StoreError::query("count pods on a plan"))
 }
 
+/// A fresh pod id: `pod-<unix ms>-<8 random hex>` (a valid [`crate::proxmox::PodId`]).
+pub fn new_pod_id() -> String {
+    let ms = Utc::now().timestamp_millis();
+    let rand = Uuid::new_v4().simple().to_string();
+    format!("pod-{ms}-{}", &rand[..8])
+}
+
 /// Records the CloudPod's uid once the resource exists (no-op when already set); on a pool
 /// or inside a transaction.
 pub async fn set_k8s_uid<'e>(
@@ -462,13 +469,16 @@ pub async fn active_plans(pool: &PgPool) -> Result<Vec<PlanRow>, StoreError> {
     .map_err(StoreError::query("list plans"))
 }
 
-/// One plan by code (active or not).
-pub async fn plan(pool: &PgPool, code: &str) -> Result<Option<PlanRow>, StoreError> {
+/// One plan by code (active or not); on a pool or inside a transaction.
+pub async fn plan<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    code: &str,
+) -> Result<Option<PlanRow>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PLAN_COLUMNS} FROM cloud_pod_plans WHERE code = $1"
     )))
     .bind(code)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
     .map_err(StoreError::query("read a plan"))
 }

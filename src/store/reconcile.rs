@@ -12,9 +12,6 @@ use super::pods::{NewPod, POD_COLUMNS, PodRow};
 use crate::queue::Lease;
 use crate::worker::payload::{PodState, Size};
 
-/// SQLSTATE of a unique violation.
-pub const UNIQUE_VIOLATION: &str = "23505";
-
 /// The row of a CloudPod: by its uid, else (for pods the REST API ordered) the row named
 /// like the resource that has no uid yet. Deleted rows are returned too.
 pub async fn find_for_resource(
@@ -105,11 +102,6 @@ pub async fn revive_released(
     .await
     .map_err(StoreError::query(format!("re-admit pod `{}`", pod.id)))?;
     Ok(done.rows_affected() > 0)
-}
-
-/// Records the CloudPod's uid on a row that lacks it ([`super::pods::set_k8s_uid`]).
-pub async fn adopt_uid(conn: &mut PgConnection, id: &str, uid: Uuid) -> Result<(), StoreError> {
-    super::pods::set_k8s_uid(conn, id, uid).await
 }
 
 /// The pod a job acts on (None: no such job, or a job without a pod).
@@ -280,7 +272,7 @@ pub async fn update_pod(
         Ok(_) => Ok(Fenced::LeaseLost),
         Err(e) => {
             let err = StoreError::query(format!("update pod `{id}`"))(e);
-            if err.sqlstate().as_deref() == Some(UNIQUE_VIOLATION) {
+            if err.is_unique_violation() {
                 Ok(Fenced::VmidTaken)
             } else {
                 Err(err)
@@ -308,14 +300,17 @@ pub struct BlueprintRow {
     pub is_active: bool,
 }
 
-/// One blueprint by code (active or not).
-pub async fn blueprint(pool: &PgPool, code: &str) -> Result<Option<BlueprintRow>, StoreError> {
+/// One blueprint by code (active or not); on a pool or inside a transaction.
+pub async fn blueprint<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    code: &str,
+) -> Result<Option<BlueprintRow>, StoreError> {
     sqlx::query_as(
         "SELECT code, proxmox_template_vmid, default_node, storage_pool, network_bridge, \
          cloud_init_profile, is_active FROM cloud_pod_blueprints WHERE code = $1",
     )
     .bind(code)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
     .map_err(StoreError::query(format!("read blueprint `{code}`")))
 }
