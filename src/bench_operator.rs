@@ -40,10 +40,10 @@ use tokio::time::Instant;
 
 use crate::cli::BenchOperatorArgs;
 use crate::controller::ControllerSettings;
+use crate::controller::status::SYNCED;
 use crate::crd::{CloudPod, CloudPodSpec, Phase, TenantQuota, TenantQuotaSpec};
 use crate::metrics::Registry;
 use crate::operator::{self, Parts};
-use crate::proxmox::NodeName;
 use crate::proxmox::config::NodesConfig;
 use crate::proxmox::driver::SshProxmox;
 use crate::quota::QuotaLimits;
@@ -703,7 +703,7 @@ pub async fn apply_quota_synced(
             s.observed_generation == tq.metadata.generation
                 && s.conditions
                     .iter()
-                    .any(|c| c.type_ == "Synced" && c.status == "True")
+                    .any(|c| c.type_ == SYNCED && c.status == "True")
         });
         if synced {
             return Ok(());
@@ -870,11 +870,7 @@ async fn run_profile(env: &Env<'_>, name: ProfileName) -> anyhow::Result<RunRepo
     let n = args.pods as usize;
 
     let registry = Registry::default();
-    let pve = env.nodes.driver(operator::with_ssh_metrics(
-        operator::driver_settings(),
-        &registry,
-    ));
-    let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();
+    let (pve, nodes) = operator::ssh_driver(env.nodes, &registry);
     set_faults(&pve, &profile.faults()).await?;
     eprintln!(
         "[{label}] run {run_id}: {n} pods (plan {}) on {} nodes, knobs {}",

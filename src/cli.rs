@@ -36,7 +36,8 @@ pub enum Command {
     /// Print a signed bearer token for the API (development, sandboxes and benchmarks).
     Token(TokenArgs),
     /// Run the operator: CloudPod and TenantQuota controllers, the worker pool, /healthz /readyz /metrics.
-    Operator(OperatorArgs),
+    // Boxed: by far the largest argument set.
+    Operator(Box<OperatorArgs>),
     /// Open-loop load test of the API: p50/p90/p99 latency and throughput at fixed request rates.
     BenchApi(BenchApiArgs),
     /// Time N CloudPods to Active on simulated nodes (pve-sim), against the lower bound; API writes per pod.
@@ -389,6 +390,10 @@ pub struct OperatorArgs {
     /// Also hold a coordination.k8s.io Lease (named after the election id) in this namespace.
     #[arg(long, env = "CLOUDPODS_LEADER_LEASE_NAMESPACE")]
     pub leader_lease_namespace: Option<String>,
+    /// This replica's name in leader records and queue leases (default: the host name); the
+    /// chart passes the pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 impl OperatorArgs {
@@ -406,11 +411,13 @@ impl OperatorArgs {
         }
     }
 
-    /// The leader-election settings these flags describe (None: election off).
-    pub fn leader_settings(&self) -> Option<crate::leader::LeaderSettings> {
+    /// The leader-election settings these flags describe for the replica `holder` (None:
+    /// election off).
+    pub fn leader_settings(&self, holder: &str) -> Option<crate::leader::LeaderSettings> {
         self.leader_election.then(|| {
             crate::leader::LeaderSettings::new(
                 &self.leader_election_id,
+                holder.to_string(),
                 self.leader_election_lease,
                 self.leader_election_retry,
                 self.leader_lease_namespace.clone(),

@@ -40,7 +40,6 @@ use crate::controller::ControllerSettings;
 use crate::crd::{CloudPod, CloudPodSpec, TenantQuota, TenantQuotaSpec};
 use crate::metrics::Registry;
 use crate::operator::{self, Parts};
-use crate::proxmox::NodeName;
 use crate::proxmox::config::NodesConfig;
 use crate::quota::{QuotaLimits, Quotas};
 use crate::worker::{Placement, WorkerSettings};
@@ -1083,11 +1082,7 @@ async fn sandbox(
     // The operator.
     let nodes_cfg = NodesConfig::load(&nodes_path)?;
     let registry = Registry::default();
-    let pve = nodes_cfg.driver(operator::with_ssh_metrics(
-        operator::driver_settings(),
-        &registry,
-    ));
-    let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();
+    let (pve, nodes) = operator::ssh_driver(&nodes_cfg, &registry);
     let running = operator::start(Parts {
         client: client.clone(),
         pool: pool.clone(),

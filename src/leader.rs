@@ -36,7 +36,7 @@ use crate::store::leader as db;
 pub struct LeaderSettings {
     /// Name of the election (replicas with the same id compete).
     pub id: String,
-    /// This replica's identity (pod name, pid and a random suffix).
+    /// This replica's identity (see [`holder_identity_for`]).
     pub holder: String,
     /// Lease length: the longest a dead leader keeps the others waiting.
     pub lease: Duration,
@@ -47,16 +47,17 @@ pub struct LeaderSettings {
 }
 
 impl LeaderSettings {
-    /// Settings with a generated holder identity.
+    /// Settings for the replica `holder` (see [`holder_identity_for`]).
     pub fn new(
         id: &str,
+        holder: String,
         lease: Duration,
         retry: Duration,
         lease_namespace: Option<String>,
     ) -> Self {
         LeaderSettings {
             id: id.to_string(),
-            holder: holder_identity(),
+            holder,
             lease,
             retry,
             lease_namespace,
@@ -74,11 +75,12 @@ impl LeaderSettings {
     }
 }
 
-/// `$POD_NAME` (or the host name), the process id and a random suffix.
-pub fn holder_identity() -> String {
-    let host = std::env::var("POD_NAME")
-        .ok()
+/// `name` (`--pod-name`; default: the host name), the process id and a random suffix:
+/// unique per call, readable in leader records and `lease_owner`.
+pub fn holder_identity_for(name: Option<&str>) -> String {
+    let host = name
         .filter(|s| !s.is_empty())
+        .map(str::to_string)
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
@@ -87,6 +89,11 @@ pub fn holder_identity() -> String {
         .unwrap_or_else(|| "unknown".into());
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// [`holder_identity_for`] the host name, for processes without a configured name.
+pub fn holder_identity() -> String {
+    holder_identity_for(None)
 }
 
 /// Why leadership ended.
@@ -193,7 +200,7 @@ async fn bounded<T, E: std::error::Error + 'static>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(anyhow::anyhow!(
             "{what}: {}",
-            crate::worker::error_chain(&e)
+            crate::telemetry::error_chain(&e)
         )),
         Err(_) => Err(anyhow::anyhow!(
             "{what}: no answer within {} ms",
@@ -299,7 +306,7 @@ fn spawn_renewals(
                 _ = tokio::time::sleep(every) => {}
                 done = &mut release_rx => {
                     if let Err(e) = db::release(&mut conn, &settings.id, &settings.holder).await {
-                        tracing::warn!(error = %crate::worker::error_chain(&e), "releasing leadership failed; the lease runs out instead");
+                        tracing::warn!(error = %crate::telemetry::error_chain(&e), "releasing leadership failed; the lease runs out instead");
                     }
                     if let Some(lock) = &lease_lock {
                         lock.release().await;
@@ -322,7 +329,7 @@ fn spawn_renewals(
                 r = db::renew(&mut conn, &settings.id, &settings.holder) => match r {
                     Ok(true) => None,
                     Ok(false) => Some("the leader row names another holder, or this session lost the lock".to_string()),
-                    Err(e) => Some(format!("renewal failed: {}", crate::worker::error_chain(&e))),
+                    Err(e) => Some(format!("renewal failed: {}", crate::telemetry::error_chain(&e))),
                 },
                 _ = tokio::time::sleep_until(deadline) => Some("no renewal within the lease".to_string()),
             };
@@ -606,6 +613,7 @@ mod tests {
         for lease_ms in [1_000u64, 3_000, 15_000, 60_000] {
             let s = LeaderSettings::new(
                 "x",
+                "holder".into(),
                 Duration::from_millis(lease_ms),
                 Duration::from_secs(1),
                 None,
@@ -628,5 +636,21 @@ mod tests {
         let b = holder_identity();
         assert_ne!(a, b);
         assert!(a.contains(&std::process::id().to_string()));
+    }
+
+    #[test]
+    fn holder_identity_starts_with_the_pod_name() {
+        let pid = std::process::id();
+        let named = holder_identity_for(Some("cp-operator-7f9c"));
+        assert!(
+            named.starts_with(&format!("cp-operator-7f9c-{pid}-")),
+            "{named}"
+        );
+        assert_ne!(named, holder_identity_for(Some("cp-operator-7f9c")));
+        // An empty name (an unset downward-API field) falls back like no name.
+        let host = holder_identity_for(Some(""));
+        assert!(!host.starts_with(&format!("-{pid}-")), "{host}");
+        let host_prefix = |s: &str| s.rsplitn(3, '-').nth(2).map(str::to_string);
+        assert_eq!(host_prefix(&host), host_prefix(&holder_identity()));
     }
 }

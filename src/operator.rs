@@ -17,15 +17,15 @@ use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::ObjectRef;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::controller::{self, Context, ControllerMetrics, ControllerSettings, Events, KubeHealth};
 use crate::crd::{CloudPod, TenantQuota};
 use crate::metrics::{GaugeVec, Registry};
-use crate::proxmox::driver::{CommandObserver, DriverSettings};
+use crate::proxmox::config::NodesConfig;
+use crate::proxmox::driver::{CommandObserver, DriverSettings, SshProxmox};
 use crate::proxmox::{NodeName, Proxmox};
-use crate::queue::Queue;
+use crate::queue::{DoneListener, Queue};
 use crate::quota::{QuotaLimits, Quotas};
 use crate::worker::{Worker, WorkerHealth, WorkerMetrics, WorkerSettings};
 
@@ -79,6 +79,14 @@ pub fn with_ssh_metrics(mut settings: DriverSettings, registry: &Registry) -> Dr
         );
     })));
     settings
+}
+
+/// The SSH driver over the nodes of `nodes` with [`driver_settings`] and SSH metrics in
+/// `registry`, and the names of those nodes (the worker's [`Parts::nodes`]).
+pub fn ssh_driver(nodes: &NodesConfig, registry: &Registry) -> (SshProxmox, Vec<NodeName>) {
+    let pve = nodes.driver(with_ssh_metrics(driver_settings(), registry));
+    let names = pve.node_names().into_iter().cloned().collect();
+    (pve, names)
 }
 
 #[derive(Clone)]
@@ -420,44 +428,20 @@ pub async fn start<P: Proxmox + 'static>(parts: Parts<P>) -> anyhow::Result<Runn
     })
 }
 
-/// LISTEN `cloud_pod_queue_done` → reconcile that pod now. Reconnects after errors; while
-/// disconnected the controllers' own requeues cover.
+/// A finished queue item → reconcile its pod now. While the listener is disconnected the
+/// controllers' own requeues cover.
 async fn done_listener(ctx: Arc<Context>) {
+    let mut done = DoneListener::new(ctx.pool.clone());
     loop {
-        let mut listener = match PgListener::connect_with(&ctx.pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for finished jobs; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
+        let pod_id = done.next().await;
+        match crate::store::reconcile::pod_location(&ctx.pool, &pod_id).await {
+            Ok(Some((ns, name))) => {
+                let _ = ctx
+                    .trigger
+                    .unbounded_send(ObjectRef::<CloudPod>::new(&name).within(&ns));
             }
-        };
-        if let Err(e) = listener.listen("cloud_pod_queue_done").await {
-            tracing::warn!(error = %e, "LISTEN cloud_pod_queue_done failed; retrying");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            continue;
-        }
-        loop {
-            match listener.recv().await {
-                Ok(n) => {
-                    let pod_id = n.payload().to_string();
-                    match crate::store::reconcile::pod_location(&ctx.pool, &pod_id).await {
-                        Ok(Some((ns, name))) => {
-                            let _ = ctx
-                                .trigger
-                                .unbounded_send(ObjectRef::<CloudPod>::new(&name).within(&ns));
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "locating a finished job's pod failed")
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "finished-job listener lost; reconnecting");
-                    break;
-                }
-            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "locating a finished job's pod failed"),
         }
     }
 }
@@ -537,7 +521,9 @@ fn exit_lost(lost: crate::leader::Lost) -> ! {
 
 /// `cloudpods operator`.
 pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
-    let leader = args.leader_settings();
+    // One identity for the leader records and the queue leases this replica takes.
+    let identity = crate::leader::holder_identity_for(args.pod_name.as_deref());
+    let leader = args.leader_settings(&identity);
     if let Some(l) = &leader {
         anyhow::ensure!(
             l.lease >= Duration::from_secs(1),
@@ -552,7 +538,7 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
     let pool = crate::store::connect(&args.db).await?;
     crate::store::check_schema(&pool).await?;
     let client = crate::api::kube_client(args.kubeconfig.as_deref()).await?;
-    let nodes_cfg = crate::proxmox::config::NodesConfig::load(&args.nodes_file)?;
+    let nodes_cfg = NodesConfig::load(&args.nodes_file)?;
     let registry = Registry::default();
     let leading = registry.gauge(
         "cloudpods_leader",
@@ -560,8 +546,7 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
         &[],
     );
     leading.set(&[], 0.0);
-    let pve = nodes_cfg.driver(with_ssh_metrics(driver_settings(), &registry));
-    let nodes: Vec<NodeName> = pve.node_names().into_iter().cloned().collect();
+    let (pve, nodes) = ssh_driver(&nodes_cfg, &registry);
 
     // One shutdown future for the whole run: a SIGTERM during the election or the start-up
     // is not lost.
@@ -592,7 +577,10 @@ pub async fn run(args: &crate::cli::OperatorArgs) -> anyhow::Result<()> {
         nodes,
         quota_defaults: args.quota.limits(),
         controller: args.controller_settings(),
-        worker: args.worker_settings(),
+        worker: WorkerSettings {
+            owner: identity,
+            ..args.worker_settings()
+        },
         listen: Some(args.listen),
         orphan_scan_interval: args.orphan_scan_interval,
         registry,

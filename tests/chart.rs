@@ -513,12 +513,10 @@ fn check_common(r: &Rendered) {
                         "{at}: DATABASE_URL not from a Secret"
                     );
                 }
-                if name != "POD_NAME" {
-                    assert!(
-                        cli.contains(&format!("env = \"{name}\"")),
-                        "{at}: {name} is not a setting in src/cli.rs"
-                    );
-                }
+                assert!(
+                    cli.contains(&format!("env = \"{name}\"")),
+                    "{at}: {name} is not a setting in src/cli.rs"
+                );
                 if let Some(v) = e["value"].as_str() {
                     assert!(
                         !v.contains("not-a-real-password") && !v.contains("test-only"),
@@ -1123,6 +1121,10 @@ fn leader_election_off_runs_one_replica_and_refuses_two() {
     let c = main_container(op, "operator");
     assert_eq!(env_value(c, "CLOUDPODS_LEADER_ELECTION"), Some("false"));
     assert!(env(c, "CLOUDPODS_LEADER_LEASE_NAMESPACE").is_none());
+    assert_eq!(
+        env(c, "POD_NAME").expect("POD_NAME: the queue lease owner")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
     assert!(r.try_get("Role", "cp-cloudpods-operator-lease").is_none());
     let err = render_err(
         &[REQUIRED, "operator: {leaderElection: {enabled: false}}"],

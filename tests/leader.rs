@@ -270,6 +270,20 @@ async fn standby_takes_over_after_sigkill_and_at_once_after_a_clean_shutdown() {
     );
     // The new leader does the work: a new pod goes Active, the old one is deleted.
     new_leader_works(&s, &mut b, "second", "first").await;
+    // Its workers claim queue items under its holder identity (docs/runbook.md checks
+    // `lease_owner` against the leader after a takeover).
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT q.lease_owner FROM cloud_pod_queue q JOIN cloud_pods p ON p.id = q.pod_id \
+         WHERE p.k8s_name = 'second' AND q.lease_owner IS NOT NULL",
+    )
+    .fetch_all(&s.pool)
+    .await
+    .expect("read lease owners");
+    assert_eq!(
+        owners,
+        vec![holder_of(&line)],
+        "lease owners of second's items"
+    );
 
     // A restarted replica (what Kubernetes does with the killed pod) is a standby.
     let mut c = OperatorProc::spawn(&s.cfg, "c");

@@ -363,14 +363,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.registry.render(),
-    )
-        .into_response()
+    state.metrics.registry.response().into_response()
 }
 
 /// Fallback: unknown path.

@@ -15,6 +15,10 @@ pub const QUOTA_ADMITTED: &str = "QuotaAdmitted";
 pub const PROVISIONED: &str = "Provisioned";
 /// Pending cores/memory need a reboot.
 pub const RESTART_REQUIRED: &str = "RestartRequired";
+/// A TenantQuota's limits are mirrored into `cloud_pod_quotas`.
+pub const SYNCED: &str = "Synced";
+/// A TenantQuota's usage is above its limits.
+pub const EXCEEDED: &str = "Exceeded";
 
 /// Why a pod has no admitted row.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
-use super::status::{cond, stamp};
+use super::status::{EXCEEDED, SYNCED, cond, stamp};
 use super::{Context, Error};
 use crate::crd::{QuotaUsage, TenantQuota, TenantQuotaStatus};
 use crate::quota::QuotaLimits;
@@ -86,7 +86,7 @@ async fn run(tq: &TenantQuota, ctx: &Context) -> Result<Action, Error> {
 fn is_exceeded(s: &TenantQuotaStatus) -> bool {
     s.conditions
         .iter()
-        .any(|c| c.type_ == "Exceeded" && c.status == "True")
+        .any(|c| c.type_ == EXCEEDED && c.status == "True")
 }
 
 /// The status for limits and usage; transition times are kept while a condition holds.
@@ -103,21 +103,21 @@ pub fn build_status(
     let generation = tq.meta().generation;
     let mut conditions = vec![
         cond(
-            "Synced",
+            SYNCED,
             true,
             "Mirrored",
             "limits are in force for new pods and scales",
         ),
         if exceeded {
             cond(
-                "Exceeded",
+                EXCEEDED,
                 true,
                 "OverLimit",
                 "usage is above the limits; new pods and growth are refused",
             )
         } else {
             cond(
-                "Exceeded",
+                EXCEEDED,
                 false,
                 "WithinLimits",
                 "usage is within the limits",

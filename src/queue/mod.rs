@@ -16,8 +16,8 @@
 //! soon as one of its items fails for good.
 
 mod action;
-mod backoff;
 mod items;
+mod listen;
 mod service;
 
 use std::time::Duration;
@@ -25,12 +25,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+pub use crate::backoff::Backoff;
 pub use action::Action;
-pub use backoff::Backoff;
 pub use items::{
     complete, create_job, enqueue, exists_with, fail, last_finished, last_finished_any,
     pending_for_pod,
 };
+pub use listen::DoneListener;
 pub use service::Queue;
 
 /// A new queue item.
@@ -138,5 +139,5 @@ pub const STATUSES: [&str; 4] = ["queued", "running", "success", "failed"];
 /// The NOTIFY channel of new items (payload: item id).
 pub const CHANNEL_NEW: &str = "cloud_pod_queue";
 
-/// The NOTIFY channel of finished items (payload: pod id).
+/// The NOTIFY channel of finished items (payload: pod id); see [`DoneListener`].
 pub const CHANNEL_DONE: &str = "cloud_pod_queue_done";
